@@ -1,0 +1,37 @@
+"""recovery-ledger: an event-sourced recovery ledger for restartable jobs.
+
+The public API for job authors and embedders; the CLI is `ledger.cli`.
+"""
+
+from ledger.errors import (
+    InputError,
+    JobFailed,
+    JobLoadError,
+    LedgerError,
+    LedgerUnavailable,
+    RunHeld,
+    Superseded,
+    UnknownRun,
+)
+from ledger.job import InputVersion, Job, Record, Reject, RunContext, Step
+from ledger.run import Checkpoint, ResumePoint, Run
+
+__all__ = [
+    "Checkpoint",
+    "InputError",
+    "InputVersion",
+    "Job",
+    "JobFailed",
+    "JobLoadError",
+    "LedgerError",
+    "LedgerUnavailable",
+    "Record",
+    "Reject",
+    "ResumePoint",
+    "Run",
+    "RunContext",
+    "RunHeld",
+    "Step",
+    "Superseded",
+    "UnknownRun",
+]

@@ -1,0 +1,64 @@
+"""The `ledger` command: run jobs, and read what the ledger knows.
+
+Every read command catches the read tables up with the log before it
+answers and takes `--json` for scripts. Any bad input ends with one line
+on stderr naming the fix and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from ledger.cli_read import explain_cmd, history, project, quarantine, status
+from ledger.cli_run import resume, run
+from ledger.config import parse_ledger_url
+from ledger.errors import LedgerError
+from ledger.logs import configure_logging
+
+__all__ = ["main"]
+
+
+class _Group(click.Group):
+    """Turns the ledger's own errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LedgerError as error:
+            _fail(str(error), error.exit_code)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=_Group)
+@click.option(
+    "--ledger-url",
+    envvar="LEDGER_URL",
+    default="",
+    help="Where the ledger lives (default: sqlite:///.ledger/ledger.sqlite).",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Log level of structured logs on stderr.",
+)
+@click.pass_context
+def cli(ctx: click.Context, ledger_url: str, log_level: str) -> None:
+    """An event-sourced recovery ledger for restartable jobs."""
+    configure_logging(log_level)
+    ctx.obj = {"location": parse_ledger_url(ledger_url)}
+
+
+for _command in (run, resume, status, history, explain_cmd, quarantine, project):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    cli(prog_name="ledger")

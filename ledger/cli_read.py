@@ -1,0 +1,220 @@
+"""Read commands: status, history, explain, quarantine, and the projector."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ledger.cli_support import location_of, print_json
+from projections.access import open_read_database, read
+from projections.database import ReadDatabase
+from projections.explain import describe_checkpoint, describe_resume, explain
+from projections.explain import short_id as _short
+from projections.runner import catch_up, follow_loop, rebuild
+from projections.views import (
+    AttemptView,
+    RunView,
+    find_run,
+    list_attempts,
+    list_quarantine,
+    list_runs,
+)
+
+__all__ = ["explain_cmd", "history", "project", "quarantine", "status"]
+
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON with stable field names."
+)
+
+
+@click.command()
+@click.argument("job", required=False)
+@_json_option
+@click.pass_context
+def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
+    """Every job's last good checkpoint and state (or one job's runs)."""
+    runs = read(location_of(ctx), lambda db: list_runs(db, job))
+    if as_json:
+        print_json([run.as_dict() for run in runs])
+        return
+    if not runs:
+        click.echo(f"no runs of {job} in this ledger" if job else "no runs yet")
+        return
+    table = Table(title="ledger status")
+    for column in ("job", "run", "state", "attempts", "last good checkpoint",
+                   "resume point", "quarantined", "updated"):  # fmt: skip
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            run.job,
+            _short(run.run_id),
+            run.state,
+            str(run.attempts),
+            describe_checkpoint(run.last_checkpoint),
+            describe_resume(run.resume_point),
+            f"{run.quarantined:,}",
+            run.updated_at[:19].replace("T", " "),
+        )
+    Console().print(table)
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@_json_option
+@click.pass_context
+def history(ctx: click.Context, run_ref: str, as_json: bool) -> None:
+    """The attempt history of one run."""
+
+    async def query(db: ReadDatabase) -> tuple[RunView, list[AttemptView]]:
+        run = await find_run(db, run_ref)
+        return run, await list_attempts(db, run.run_id)
+
+    run, attempts = read(location_of(ctx), query)
+    if as_json:
+        print_json({"run": run.as_dict(), "attempts": [a.as_dict() for a in attempts]})
+        return
+    table = Table(
+        title=f"{run.job} run {run.run_id}  input {run.input['name']} "
+        f"sha256 {str(run.input['sha256'])[:12]}"
+    )
+    for column in ("attempt", "started", "ended", "outcome", "resumed from",
+                   "batches", "failed at", "error"):  # fmt: skip
+        table.add_column(column)
+    for attempt in attempts:
+        failed_at = ""
+        if attempt.failed_step:
+            failed_at = f"{attempt.failed_step}"
+            if attempt.failed_batch is not None:
+                failed_at += f" batch {attempt.failed_batch}"
+        error = ""
+        if attempt.error_class:
+            error = f"{attempt.error_class}: {attempt.error_message or ''}"[:80]
+        table.add_row(
+            str(attempt.attempt),
+            _time(attempt.started_at),
+            _time(attempt.ended_at),
+            attempt.outcome,
+            _resumed(attempt.resume_from),
+            str(attempt.batches),
+            failed_at,
+            error,
+        )
+    Console().print(table)
+
+
+def _time(value: str | None) -> str:
+    return value[:19].replace("T", " ") if value else ""
+
+
+def _resumed(resume: dict[str, Any] | None) -> str:
+    if not resume:
+        return "start"
+    if not resume.get("after_record"):
+        return f"{resume['step']} batch {resume['batch']}"
+    after = resume["after_record"]
+    return f"{resume['step']} batch {resume['batch']} (after row {after:,})"
+
+
+@click.command("explain")
+@click.argument("run_ref", metavar="RUN")
+@_json_option
+@click.pass_context
+def explain_cmd(ctx: click.Context, run_ref: str, as_json: bool) -> None:
+    """One sentence: what failed, where it resumes, and the command to run."""
+
+    async def query(db: ReadDatabase) -> tuple[RunView, list[AttemptView]]:
+        run = await find_run(db, run_ref)
+        return run, await list_attempts(db, run.run_id)
+
+    run, attempts = read(location_of(ctx), query)
+    sentence = explain(run, attempts)
+    if as_json:
+        print_json(
+            {
+                "run_id": run.run_id,
+                "state": run.state,
+                "explanation": sentence,
+                "resume_point": run.resume_point,
+                "last_checkpoint": run.last_checkpoint,
+            }
+        )
+        return
+    click.echo(sentence)
+
+
+@click.group()
+def quarantine() -> None:
+    """Records waiting in quarantine."""
+
+
+@quarantine.command("list")
+@click.argument("job", required=False)
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Show at most this many records.",
+)
+@_json_option
+@click.pass_context
+def quarantine_list(
+    ctx: click.Context, job: str | None, limit: int, as_json: bool
+) -> None:
+    """Quarantined records, oldest first, with their reasons."""
+    total, records = read(location_of(ctx), lambda db: list_quarantine(db, job, limit))
+    if as_json:
+        print_json({"total": total, "records": [r.as_dict() for r in records]})
+        return
+    if not total:
+        click.echo("nothing in quarantine")
+        return
+    table = Table(title=f"quarantine: {total:,} records (showing {len(records)})")
+    for column in ("id", "job", "run", "step", "batch", "record", "reason",
+                   "detail", "attempt"):  # fmt: skip
+        table.add_column(column)
+    for record in records:
+        table.add_row(
+            record.quarantine_id[:8], record.job, _short(record.run_id),
+            record.step, str(record.batch), f"{record.record:,}", record.reason,
+            record.detail[:60], str(record.attempt),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@click.command()
+@click.option("--follow", is_flag=True, help="Keep following the log until stopped.")
+@click.option(
+    "--rebuild",
+    "from_scratch",
+    is_flag=True,
+    help="Drop the read tables and project the whole log again.",
+)
+@click.pass_context
+def project(ctx: click.Context, follow: bool, from_scratch: bool) -> None:
+    """Bring the read tables up to date with the event log."""
+    location = location_of(ctx)
+
+    async def work() -> None:
+        db = await open_read_database(location)
+        try:
+            started = time.monotonic()
+            applied = await (rebuild(db) if from_scratch else catch_up(db))
+            click.echo(
+                f"projected {applied:,} events in {time.monotonic() - started:.1f} s"
+            )
+            if follow:
+                click.echo("following the log; stop with Ctrl-C")
+                await follow_loop(db)
+        finally:
+            await db.close()
+
+    try:
+        asyncio.run(work())
+    except KeyboardInterrupt:
+        click.echo("stopped")

@@ -1,0 +1,114 @@
+"""Where the ledger lives: one connection string, LEDGER_URL.
+
+- unset: the embedded default, an SQLite file at `.ledger/ledger.sqlite`
+  under the current directory, kept apart from any job output;
+- `sqlite:///relative/path.sqlite` or `sqlite:////absolute/path.sqlite`, or
+  a plain file path;
+- `postgresql://USER:PASSWORD@HOST:PORT/DBNAME` for production.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ledger.errors import LedgerUnavailable
+
+__all__ = ["DEFAULT_SQLITE_PATH", "EVENTS_TABLE", "LedgerLocation", "parse_ledger_url"]
+
+DEFAULT_SQLITE_PATH = Path(".ledger") / "ledger.sqlite"
+
+# The library names the events table after the application on PostgreSQL
+# and uses a fixed name on SQLite; the read side needs both.
+EVENTS_TABLE = {"sqlite": "stored_events", "postgresql": "ledger_events"}
+
+
+@dataclass(frozen=True)
+class LedgerLocation:
+    """A parsed LEDGER_URL: either an SQLite path or PostgreSQL settings."""
+
+    kind: str
+    url: str
+    sqlite_path: Path | None = None
+    host: str = ""
+    port: int = 5432
+    user: str = ""
+    password: str = ""
+    dbname: str = ""
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.kind == "postgresql"
+
+    @property
+    def events_table(self) -> str:
+        return EVENTS_TABLE[self.kind]
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password replaced, safe for logs and errors."""
+        if not self.is_postgres:
+            return self.url
+        return f"postgresql://{self.user}:***@{self.host}:{self.port}/{self.dbname}"
+
+    def asyncpg_dsn(self) -> str:
+        return self.url.replace("postgres://", "postgresql://", 1)
+
+
+def parse_ledger_url(url: str | None = None) -> LedgerLocation:
+    """Parses LEDGER_URL (or the given URL) into a location."""
+    raw = url if url is not None else os.environ.get("LEDGER_URL", "")
+    raw = raw.strip()
+
+    # The embedded default.
+    if not raw:
+        path = DEFAULT_SQLITE_PATH
+        return LedgerLocation(kind="sqlite", url=f"sqlite:///{path}", sqlite_path=path)
+
+    # PostgreSQL: every part must be present, so a typo fails here, not later.
+    if raw.startswith(("postgresql://", "postgres://")):
+        return _parse_postgres(raw)
+
+    # SQLite by URL or plain path.
+    if raw.startswith("sqlite:///"):
+        path_text = raw[len("sqlite:///") :]
+    elif "://" in raw:
+        scheme = raw.split("://", 1)[0]
+        raise LedgerUnavailable(raw, f"unsupported scheme '{scheme}'")
+    else:
+        path_text = raw
+    if not path_text or path_text.endswith("/"):
+        raise LedgerUnavailable(raw, "the SQLite URL names no file")
+    return LedgerLocation(kind="sqlite", url=raw, sqlite_path=Path(path_text))
+
+
+def _parse_postgres(raw: str) -> LedgerLocation:
+    parts = urlsplit(raw)
+    dbname = parts.path.lstrip("/")
+    missing = [
+        name
+        for name, value in (
+            ("host", parts.hostname),
+            ("user", parts.username),
+            ("database name", dbname),
+        )
+        if not value
+    ]
+    shown = raw.replace(f":{parts.password}@", ":***@") if parts.password else raw
+    if missing:
+        raise LedgerUnavailable(shown, f"the URL has no {', '.join(missing)}")
+    try:
+        port = parts.port or 5432
+    except ValueError as error:
+        raise LedgerUnavailable(shown, "the port is not a number") from error
+    return LedgerLocation(
+        kind="postgresql",
+        url=raw,
+        host=parts.hostname or "",
+        port=port,
+        user=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        dbname=dbname,
+    )

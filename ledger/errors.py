@@ -1,0 +1,93 @@
+"""Errors raised by the ledger.
+
+Every error names what to fix. The CLI prints the message on one line and
+exits non-zero; nothing already recorded is touched when one is raised.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InputError",
+    "JobFailed",
+    "JobLoadError",
+    "LedgerError",
+    "LedgerUnavailable",
+    "RunHeld",
+    "Superseded",
+    "UnknownRun",
+]
+
+
+class LedgerError(Exception):
+    """Base class of every error the ledger raises on purpose."""
+
+    exit_code = 2
+
+
+class LedgerUnavailable(LedgerError):
+    """The store named by LEDGER_URL cannot be used."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"cannot use the ledger at {url}: {reason}; "
+            "check LEDGER_URL (sqlite:///PATH or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DB) and that the server is up"
+        )
+        self.url = url
+        self.reason = reason
+
+
+class InputError(LedgerError):
+    """The job's input cannot be read as the job expects."""
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        super().__init__(f"{path}: {problem}; {fix}")
+        self.path = path
+        self.problem = problem
+
+
+class JobLoadError(LedgerError):
+    """A job file or module could not be loaded."""
+
+
+class UnknownRun(LedgerError):
+    """No run matches the id or prefix the user gave."""
+
+    def __init__(self, run_ref: str, detail: str = "") -> None:
+        hint = detail or "list runs with `ledger status` and pass a full run id"
+        super().__init__(f"no run matches '{run_ref}': {hint}")
+        self.run_ref = run_ref
+
+
+class RunHeld(LedgerError):
+    """Another live worker holds the run this worker wanted to resume."""
+
+    def __init__(self, run_id: str, holder: str) -> None:
+        super().__init__(
+            f"run {run_id} is being worked on by {holder}; wait for it to "
+            "finish, or stop that worker and run the same command again"
+        )
+        self.run_id = run_id
+        self.holder = holder
+
+
+class Superseded(LedgerError):
+    """This worker's attempt was taken over; its appends are refused."""
+
+    def __init__(self, run_id: str, attempt: int) -> None:
+        super().__init__(
+            f"attempt {attempt} of run {run_id} was superseded by another "
+            "worker; this worker stopped without recording anything further"
+        )
+        self.run_id = run_id
+        self.attempt = attempt
+
+
+class JobFailed(LedgerError):
+    """The job raised; the failure is recorded and the run can resume."""
+
+    exit_code = 1
+
+    def __init__(self, run_id: str, message: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id

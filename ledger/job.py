@@ -1,0 +1,130 @@
+"""What a job author writes: a job made of steps.
+
+A step reads records from its source, handles each one, and writes the
+batch's output. The runtime groups records into batches, checkpoints each
+batch in the ledger after its output is written, and on a restart asks the
+step to read again from just after its last checkpoint.
+
+The contract a step must keep:
+
+- `read(after)` yields records in a stable order; `Record.position` is the
+  source position just after the record, a number that only grows, so that
+  reading from it yields the next record.
+- `handle` raises `Reject` for a record that breaks the job's rules; the
+  record is quarantined and the rest of the batch moves on. Any other
+  exception fails the step.
+- `write` must be replay-safe: a batch whose checkpoint did not commit is
+  written again on resume, so writing the same outputs twice must leave
+  them once (a deterministic key per record and an upsert).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+from uuid import UUID
+
+from ledger.run import Checkpoint
+
+__all__ = ["InputVersion", "Job", "Record", "Reject", "RunContext", "Step"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of a step's source."""
+
+    number: int
+    position: int
+    data: Any
+
+
+class Reject(Exception):
+    """Raised by `Step.handle` to quarantine a record with a reason."""
+
+    def __init__(self, reason: str, detail: str, payload: Any = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.payload = payload
+
+
+@dataclass(frozen=True)
+class InputVersion:
+    """What a run reads: the file, its size and digest."""
+
+    name: str
+    path: str
+    size: int
+    sha256: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a job knows about the run it is executing."""
+
+    run_id: UUID
+    input: InputVersion
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Step(Protocol):
+    """A named stage of a job; see the module docstring for the contract."""
+
+    name: str
+
+    # What a position is, in words a person says: "file offset", "row".
+    position_kind: str
+
+    def read(self, after: Checkpoint | None) -> Iterator[Record]: ...
+
+    def handle(self, record: Record, counters: Counter[str]) -> Any: ...
+
+    def write(self, outputs: Sequence[tuple[Record, Any]]) -> int: ...
+
+    def size(self) -> int | None:
+        """The source's end position, for progress; None when unknown."""
+        ...
+
+
+class Job(ABC):
+    """A named, versioned piece of work made of steps."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+
+    # Defaults for the job's own parameters; `--param NAME=VALUE` overrides
+    # them, converted to the default's type.
+    parameters: ClassVar[dict[str, Any]] = {}
+
+    # Labels for the counters steps keep, shown in the summary.
+    counter_labels: ClassVar[dict[str, str]] = {}
+
+    def default_input(self) -> Path | None:
+        """The input used when `--input` is not given."""
+        return None
+
+    def check_input(self, path: Path) -> None:  # noqa: B027 - optional hook
+        """Raises InputError when the file cannot be this job's input."""
+
+    def outputs(self, params: dict[str, Any]) -> list[Path]:
+        """Files the job writes, so the runtime can keep the ledger apart."""
+        return []
+
+    @abstractmethod
+    def open(self, context: RunContext) -> Sequence[Step]:
+        """Prepares the output and returns the steps, in order."""
+
+    def close(self, context: RunContext, *, completed: bool) -> None:  # noqa: B027
+        """Releases what `open` took; tidies up once the run completed."""

@@ -1,0 +1,500 @@
+"""The run: one execution of a job against one input version.
+
+A run is an aggregate whose events are the recovery story: attempts that
+started, crashed, failed or completed; steps and batches that started; the
+checkpoints that make work durable; and the records put in quarantine.
+
+Every event a worker appends names its attempt. The aggregate refuses an
+event from an attempt that is not the open one, and the store refuses a
+save from a worker whose copy of the run is stale (its version was taken),
+so a superseded worker can never move a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from ledger.errors import LedgerError
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointRefused",
+    "InputRuns",
+    "ResumePoint",
+    "Run",
+    "input_runs_id",
+]
+
+_INPUT_NAMESPACE = uuid5(NAMESPACE_URL, "recovery-ledger:input-version")
+
+
+class CheckpointRefused(LedgerError):
+    """A worker tried to record something its attempt may not record."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A committed batch: what it covered and where its source resumes."""
+
+    step: str
+    batch: int
+    first_record: int
+    last_record: int
+    position: int
+
+    @classmethod
+    def from_event(cls, fields: dict[str, Any]) -> Checkpoint:
+        return cls(
+            step=fields["step"],
+            batch=fields["batch"],
+            first_record=fields["first_record"],
+            last_record=fields["last_record"],
+            position=fields["position"],
+        )
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The first piece of work after the last good checkpoint of a step."""
+
+    step: str
+    batch: int
+    after: Checkpoint | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "batch": self.batch,
+            "after_record": self.after.last_record if self.after else 0,
+            "position": self.after.position if self.after else 0,
+        }
+
+
+class Run(Aggregate):
+    """One run of a job; its id is the run id people quote."""
+
+    class Started(Aggregate.Created):
+        job: str
+        job_version: str
+        job_ref: str
+        input: dict[str, Any]
+        params: dict[str, Any]
+        input_key: str
+        steps: list[str]
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        run_id: UUID,
+        job: str,
+        job_version: str,
+        job_ref: str,
+        input: dict[str, Any],
+        params: dict[str, Any],
+        input_key: str,
+        steps: list[str],
+    ) -> Run:
+        return cls._create(
+            cls.Started,
+            id=run_id,
+            job=job,
+            job_version=job_version,
+            job_ref=job_ref,
+            input=input,
+            params=params,
+            input_key=input_key,
+            steps=steps,
+        )
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        job_version: str,
+        job_ref: str,
+        input: dict[str, Any],
+        params: dict[str, Any],
+        input_key: str,
+        steps: list[str],
+    ) -> None:
+        self.job = job
+        self.job_version = job_version
+        self.job_ref = job_ref
+        self.input = input
+        self.params = params
+        self.input_key = input_key
+        self.steps = steps
+
+        # The state every later event evolves.
+        self.attempt = 0
+        self.attempt_open = False
+        self.worker: dict[str, Any] = {}
+        self.lease_until = ""
+        self.status = "started"
+        self.completed_steps: list[str] = []
+        self.checkpoints: dict[str, Checkpoint] = {}
+        self.batches_done: dict[str, int] = {}
+        self.quarantined = 0
+        self.quarantined_by_reason: dict[str, int] = {}
+        self.totals: dict[str, int] = {}
+
+    # Reading the state.
+
+    @property
+    def is_completed(self) -> bool:
+        return self.status == "completed"
+
+    def resume_point(self) -> ResumePoint | None:
+        """Where the next attempt starts; None once every step is done."""
+        for step in self.steps:
+            if step in self.completed_steps:
+                continue
+            return ResumePoint(
+                step=step,
+                batch=self.batches_done.get(step, 0),
+                after=self.checkpoints.get(step),
+            )
+        return None
+
+    def _require_open_attempt(self, attempt: int) -> None:
+        if not self.attempt_open or attempt != self.attempt:
+            raise CheckpointRefused(
+                f"attempt {attempt} of run {self.id} is not the open attempt "
+                f"(open: {self.attempt if self.attempt_open else 'none'})"
+            )
+
+    # Attempts.
+
+    class AttemptStarted(Aggregate.Event):
+        attempt: int
+        worker: dict[str, Any]
+        lease_until: str
+        resume: dict[str, Any] | None
+
+        def apply(self, run: Run) -> None:
+            run.attempt = self.attempt
+            run.attempt_open = True
+            run.worker = self.worker
+            run.lease_until = self.lease_until
+            run.status = "running"
+
+    def start_attempt(self, worker: dict[str, Any], lease_until: str) -> int:
+        if self.attempt_open:
+            raise CheckpointRefused(
+                f"attempt {self.attempt} of run {self.id} is still open"
+            )
+        if self.is_completed:
+            raise CheckpointRefused(f"run {self.id} is already completed")
+        point = self.resume_point()
+        self.trigger_event(
+            self.AttemptStarted,
+            attempt=self.attempt + 1,
+            worker=worker,
+            lease_until=lease_until,
+            resume=point.as_dict() if point else None,
+        )
+        return self.attempt
+
+    class AttemptCrashed(Aggregate.Event):
+        attempt: int
+        evidence: str
+        detected_by: dict[str, Any]
+
+        def apply(self, run: Run) -> None:
+            run.attempt_open = False
+            run.status = "crashed"
+
+    def record_crash(self, evidence: str, detected_by: dict[str, Any]) -> None:
+        """Closes an attempt whose worker died without recording an outcome."""
+        self._require_open_attempt(self.attempt)
+        self.trigger_event(
+            self.AttemptCrashed,
+            attempt=self.attempt,
+            evidence=evidence,
+            detected_by=detected_by,
+        )
+
+    # Steps and batches.
+
+    class StepStarted(Aggregate.Event):
+        attempt: int
+        step: str
+        from_batch: int
+
+    def start_step(self, attempt: int, step: str) -> None:
+        self._require_open_attempt(attempt)
+        self.trigger_event(
+            self.StepStarted,
+            attempt=attempt,
+            step=step,
+            from_batch=self.batches_done.get(step, 0),
+        )
+
+    class BatchStarted(Aggregate.Event):
+        attempt: int
+        step: str
+        batch: int
+        first_record: int
+        lease_until: str
+
+        def apply(self, run: Run) -> None:
+            run.lease_until = self.lease_until
+
+    def start_batch(
+        self, attempt: int, step: str, batch: int, first_record: int, lease_until: str
+    ) -> None:
+        self._require_open_attempt(attempt)
+        self._require_next_batch(step, batch)
+        self.trigger_event(
+            self.BatchStarted,
+            attempt=attempt,
+            step=step,
+            batch=batch,
+            first_record=first_record,
+            lease_until=lease_until,
+        )
+
+    def _require_next_batch(self, step: str, batch: int) -> None:
+        expected = self.batches_done.get(step, 0)
+        if step in self.completed_steps or batch != expected:
+            raise CheckpointRefused(
+                f"step {step} of run {self.id} expects batch {expected}, "
+                f"not batch {batch}: a checkpoint never moves backwards"
+            )
+
+    class RecordQuarantined(Aggregate.Event):
+        attempt: int
+        step: str
+        batch: int
+        record: int
+        quarantine_id: str
+        reason: str
+        detail: str
+        payload: Any
+
+        def apply(self, run: Run) -> None:
+            run.quarantined += 1
+            by_reason = run.quarantined_by_reason
+            by_reason[self.reason] = by_reason.get(self.reason, 0) + 1
+
+    def quarantine(
+        self,
+        attempt: int,
+        step: str,
+        batch: int,
+        record: int,
+        reason: str,
+        detail: str,
+        payload: Any,
+    ) -> None:
+        self._require_open_attempt(attempt)
+        self.trigger_event(
+            self.RecordQuarantined,
+            attempt=attempt,
+            step=step,
+            batch=batch,
+            record=record,
+            # Deterministic: the same record quarantined again on a replayed
+            # batch keeps its id, so the read side holds it once.
+            quarantine_id=str(uuid5(self.id, f"{step}:{record}")),
+            reason=reason,
+            detail=detail,
+            payload=payload,
+        )
+
+    class BatchCheckpointed(Aggregate.Event):
+        attempt: int
+        step: str
+        batch: int
+        first_record: int
+        last_record: int
+        position: int
+        position_kind: str
+        records: int
+        written: int
+        quarantined: int
+        counters: dict[str, int]
+        lease_until: str
+
+        def apply(self, run: Run) -> None:
+            run.checkpoints[self.step] = Checkpoint(
+                step=self.step,
+                batch=self.batch,
+                first_record=self.first_record,
+                last_record=self.last_record,
+                position=self.position,
+            )
+            run.batches_done[self.step] = self.batch + 1
+            run.lease_until = self.lease_until
+
+            # Running totals, for the summary and for explanations.
+            tallies = {
+                f"{self.step}.records": self.records,
+                f"{self.step}.written": self.written,
+                **self.counters,
+            }
+            for name, count in tallies.items():
+                run.totals[name] = run.totals.get(name, 0) + count
+
+    def checkpoint_batch(
+        self,
+        *,
+        attempt: int,
+        step: str,
+        batch: int,
+        first_record: int,
+        last_record: int,
+        position: int,
+        position_kind: str,
+        records: int,
+        written: int,
+        quarantined: int,
+        counters: dict[str, int],
+        lease_until: str,
+    ) -> None:
+        self._require_open_attempt(attempt)
+        self._require_next_batch(step, batch)
+        previous = self.checkpoints.get(step)
+        if previous is not None and position <= previous.position:
+            raise CheckpointRefused(
+                f"step {step} of run {self.id}: position {position} does not "
+                f"move past the last checkpoint's {previous.position}"
+            )
+        self.trigger_event(
+            self.BatchCheckpointed,
+            attempt=attempt,
+            step=step,
+            batch=batch,
+            first_record=first_record,
+            last_record=last_record,
+            position=position,
+            position_kind=position_kind,
+            records=records,
+            written=written,
+            quarantined=quarantined,
+            counters=counters,
+            lease_until=lease_until,
+        )
+
+    class StepCompleted(Aggregate.Event):
+        attempt: int
+        step: str
+        batches: int
+        next_step: str | None
+
+        def apply(self, run: Run) -> None:
+            run.completed_steps.append(self.step)
+
+    def complete_step(self, attempt: int, step: str) -> None:
+        self._require_open_attempt(attempt)
+        index = self.steps.index(step)
+        next_step = self.steps[index + 1] if index + 1 < len(self.steps) else None
+        self.trigger_event(
+            self.StepCompleted,
+            attempt=attempt,
+            step=step,
+            batches=self.batches_done.get(step, 0),
+            next_step=next_step,
+        )
+
+    # Outcomes: each closes the attempt.
+
+    class StepFailed(Aggregate.Event):
+        attempt: int
+        step: str
+        batch: int | None
+        error_class: str
+        error_message: str
+
+    class RunFailed(Aggregate.Event):
+        attempt: int
+        step: str | None
+        batch: int | None
+        error_class: str
+        error_message: str
+
+        def apply(self, run: Run) -> None:
+            run.attempt_open = False
+            run.status = "failed"
+
+    def fail(
+        self,
+        attempt: int,
+        step: str | None,
+        batch: int | None,
+        error_class: str,
+        error_message: str,
+    ) -> None:
+        self._require_open_attempt(attempt)
+        if step is not None:
+            self.trigger_event(
+                self.StepFailed,
+                attempt=attempt,
+                step=step,
+                batch=batch,
+                error_class=error_class,
+                error_message=error_message,
+            )
+        self.trigger_event(
+            self.RunFailed,
+            attempt=attempt,
+            step=step,
+            batch=batch,
+            error_class=error_class,
+            error_message=error_message,
+        )
+
+    class RunCompleted(Aggregate.Event):
+        attempt: int
+        totals: dict[str, int]
+
+        def apply(self, run: Run) -> None:
+            run.attempt_open = False
+            run.status = "completed"
+
+    def complete(self, attempt: int, totals: dict[str, int]) -> None:
+        self._require_open_attempt(attempt)
+        if self.resume_point() is not None:
+            raise CheckpointRefused(f"run {self.id} still has steps to do")
+        self.trigger_event(self.RunCompleted, attempt=attempt, totals=totals)
+
+
+def input_runs_id(input_key: str) -> UUID:
+    return uuid5(_INPUT_NAMESPACE, input_key)
+
+
+class InputRuns(Aggregate):
+    """The runs made of one job against one input version, oldest first.
+
+    Starting a run appends to this index in the same transaction, so two
+    workers racing to start a run for the same input cannot both succeed.
+    """
+
+    class Indexed(Aggregate.Created):
+        job: str
+        input_key: str
+
+    @classmethod
+    def create(cls, job: str, input_key: str) -> InputRuns:
+        return cls._create(
+            cls.Indexed, id=input_runs_id(input_key), job=job, input_key=input_key
+        )
+
+    def __init__(self, *, job: str, input_key: str) -> None:
+        self.job = job
+        self.input_key = input_key
+        self.run_ids: list[str] = []
+
+    class RunAdded(Aggregate.Event):
+        run_id: str
+
+        def apply(self, index: InputRuns) -> None:
+            index.run_ids.append(self.run_id)
+
+    def add_run(self, run_id: UUID) -> None:
+        self.trigger_event(self.RunAdded, run_id=str(run_id))

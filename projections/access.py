@@ -1,0 +1,58 @@
+"""Opening the read side of a ledger, for SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from ledger.config import LedgerLocation
+from ledger.errors import LedgerUnavailable
+from projections.database import PostgresDatabase, ReadDatabase, SQLiteDatabase
+from projections.runner import catch_up
+
+__all__ = ["open_read_database", "read"]
+
+T = TypeVar("T")
+
+
+async def open_read_database(location: LedgerLocation) -> ReadDatabase:
+    """Connects to the ledger's read side; never creates a ledger."""
+    table = location.events_table
+    if location.sqlite_path is not None:
+        # A read command on a path with no ledger is almost always a typo in
+        # LEDGER_URL or the wrong folder; creating an empty one would hide it.
+        if not location.sqlite_path.is_file():
+            raise LedgerUnavailable(
+                location.url,
+                f"no ledger file at {location.sqlite_path} (from "
+                f"{os.getcwd()}); run a job first with `ledger run`, or point "
+                "LEDGER_URL at the ledger",
+            )
+        return SQLiteDatabase(location.sqlite_path, table)
+    try:
+        return await PostgresDatabase.connect(location.asyncpg_dsn(), table)
+    except (OSError, TimeoutError) as error:
+        raise LedgerUnavailable(
+            location.display_url, str(error) or "timeout"
+        ) from error
+    except Exception as error:
+        # asyncpg raises its own classes for refused logins and missing
+        # databases; they all mean the URL cannot be used as given.
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise LedgerUnavailable(location.display_url, reason) from error
+
+
+def read(location: LedgerLocation, query: Callable[[ReadDatabase], Awaitable[T]]) -> T:
+    """Catches the read tables up with the log, then answers the query."""
+
+    async def run() -> T:
+        db = await open_read_database(location)
+        try:
+            await catch_up(db)
+            return await query(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())

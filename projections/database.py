@@ -1,0 +1,171 @@
+"""The read side's two databases behind one small async interface.
+
+SQLite (the embedded default) is driven through the standard library; its
+calls are quick local reads, so they run inline. PostgreSQL is driven
+through asyncpg. Queries are written once, with `$1`-style parameters.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+from uuid import UUID
+
+__all__ = ["PostgresDatabase", "ReadDatabase", "SQLiteDatabase", "StoredRow"]
+
+# One lock key for every process that projects this ledger on PostgreSQL.
+_ADVISORY_LOCK_KEY = 0x1ED6E5
+
+
+StoredRow = tuple[int, str, str, bytes]
+
+
+class ReadDatabase(Protocol):
+    kind: str
+
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]: ...
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    def writing(self) -> Any:
+        """An async context: one transaction, exclusive among projectors."""
+        ...
+
+    async def max_event_id(self) -> int: ...
+
+    async def events_after(self, last_id: int, limit: int) -> list[StoredRow]: ...
+
+    async def close(self) -> None: ...
+
+
+_PARAM = re.compile(r"\$(\d+)")
+
+
+def _to_sqlite(sql: str) -> str:
+    return _PARAM.sub(r"?\1", sql)
+
+
+class SQLiteDatabase:
+    kind = "sqlite"
+
+    def __init__(self, path: Path, events_table: str) -> None:
+        self.events_table = events_table
+        self.conn = sqlite3.connect(
+            path, isolation_level=None, timeout=30, check_same_thread=False
+        )
+        self.conn.row_factory = sqlite3.Row
+        self._statements: dict[str, str] = {}
+
+    def _sql(self, sql: str) -> str:
+        converted = self._statements.get(sql)
+        if converted is None:
+            converted = self._statements[sql] = _to_sqlite(sql)
+        return converted
+
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.conn.execute(self._sql(sql), args)]
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        self.conn.execute(self._sql(sql), args)
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[SQLiteDatabase]:
+        # IMMEDIATE takes the write lock up front, so two projectors cannot
+        # both read the same position and apply the same events.
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _has_events_table(self) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+            (self.events_table,),
+        ).fetchone()
+        return row is not None
+
+    async def max_event_id(self) -> int:
+        if not self._has_events_table():
+            return 0
+        row = self.conn.execute(f"SELECT MAX(rowid) FROM {self.events_table}")
+        return int(row.fetchone()[0] or 0)
+
+    async def events_after(self, last_id: int, limit: int) -> list[StoredRow]:
+        if not self._has_events_table():
+            return []
+        rows = self.conn.execute(
+            f"SELECT rowid, originator_id, topic, state FROM {self.events_table} "
+            "WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (last_id, limit),
+        )
+        # The library stores ids as bare hex on SQLite.
+        return [(r[0], str(UUID(r[1])), r[2], r[3]) for r in rows]
+
+    async def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresDatabase:
+    kind = "postgresql"
+
+    def __init__(self, conn: Any, events_table: str) -> None:
+        self.conn = conn
+        self.events_table = events_table
+
+    @classmethod
+    async def connect(cls, dsn: str, events_table: str) -> PostgresDatabase:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn, timeout=5)
+        return cls(conn, events_table)
+
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        return [dict(row) for row in await self.conn.fetch(sql, *args)]
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self.conn.execute(sql, *args)
+
+    async def execute_many(self, sql: str, args: Sequence[tuple[Any, ...]]) -> None:
+        await self.conn.executemany(sql, args)
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[PostgresDatabase]:
+        async with self.conn.transaction():
+            await self.conn.execute(
+                "SELECT pg_advisory_xact_lock($1)", _ADVISORY_LOCK_KEY
+            )
+            yield self
+
+    async def _has_events_table(self) -> bool:
+        found = await self.conn.fetchval("SELECT to_regclass($1)", self.events_table)
+        return found is not None
+
+    async def max_event_id(self) -> int:
+        if not await self._has_events_table():
+            return 0
+        value = await self.conn.fetchval(
+            f"SELECT MAX(notification_id) FROM {self.events_table}"
+        )
+        return int(value or 0)
+
+    async def events_after(self, last_id: int, limit: int) -> list[StoredRow]:
+        if not await self._has_events_table():
+            return []
+        rows = await self.conn.fetch(
+            "SELECT notification_id, originator_id::text, topic, state "
+            f"FROM {self.events_table} WHERE notification_id > $1 "
+            "ORDER BY notification_id LIMIT $2",
+            last_id,
+            limit,
+        )
+        return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    async def close(self) -> None:
+        await self.conn.close()

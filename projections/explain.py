@@ -1,0 +1,139 @@
+"""Recovery in words: checkpoints, resume points and the one-sentence story.
+
+A person at 3 a.m. should read one sentence and know what failed, where
+the run will resume, what is already done, what is quarantined, and the
+one command that recovers it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from projections.views import AttemptView, RunView
+
+__all__ = ["describe_checkpoint", "describe_resume", "explain", "short_id"]
+
+
+def short_id(run_id: str) -> str:
+    return run_id[:8]
+
+
+def _position(kind: str | None, position: int | None) -> str:
+    if position is None:
+        return ""
+    return f", {kind or 'position'} {position:,}"
+
+
+def describe_checkpoint(checkpoint: dict[str, Any] | None) -> str:
+    """'step enrich, batch 40, rows 200,001–205,000, row 205,000'."""
+    if checkpoint is None:
+        return "none yet"
+    return (
+        f"step {checkpoint['step']}, batch {checkpoint['batch']}, "
+        f"rows {checkpoint['first_record']:,}–{checkpoint['last_record']:,}"
+        f"{_position(checkpoint.get('position_kind'), checkpoint['position'])}"
+    )
+
+
+def describe_resume(point: dict[str, Any] | None) -> str:
+    """'step enrich, batch 41, from row 205,001 (row 205,000)'."""
+    if point is None:
+        return "nothing left to do"
+    if point["from_record"] <= 1 and not point["position"]:
+        return f"step {point['step']}, batch {point['batch']}, from the start"
+    return (
+        f"step {point['step']}, batch {point['batch']}, from row "
+        f"{point['from_record']:,} "
+        f"({point.get('position_kind') or 'position'} {point['position']:,})"
+    )
+
+
+def _done(run: RunView) -> str:
+    completed = [s.step for s in run.steps if s.state == "completed"]
+    total = len(run.steps)
+    parts = [f"{len(completed)} of {total} steps done"]
+    if completed:
+        parts[0] += f" ({', '.join(completed)})"
+    point = run.resume_point
+    if point is not None and point["batch"]:
+        parts.append(f"{point['batch']} batches of {point['step']} checkpointed")
+    return " and ".join(parts)
+
+
+def _quarantine(run: RunView) -> str:
+    if not run.quarantined:
+        return "nothing quarantined"
+    reasons = ", ".join(f"{n:,} {r}" for r, n in run.quarantined_by_reason.items())
+    return f"{run.quarantined:,} records quarantined ({reasons})"
+
+
+def _written(run: RunView) -> str:
+    if not run.steps:
+        return ""
+    last = run.steps[-1]
+    return f", {last.written:,} records written by {last.step}"
+
+
+def explain(run: RunView, attempts: list[AttemptView]) -> str:
+    """One sentence: what happened, where it resumes, and what to run."""
+    name = f"Run {short_id(run.run_id)} of {run.job}"
+    resume = describe_resume(run.resume_point)
+    recover = f"`ledger resume {short_id(run.run_id)}`"
+    last = attempts[-1] if attempts else None
+
+    if run.state == "completed":
+        review = (
+            f"; review the quarantine with `ledger quarantine list {run.job}`"
+            if run.quarantined
+            else ""
+        )
+        return (
+            f"{name} completed on attempt {run.attempts}: all {len(run.steps)} "
+            f"steps done{_written(run)}, {_quarantine(run)}; nothing to "
+            f"recover{review}."
+        )
+
+    if run.state == "failed" and run.failure is not None:
+        failure = run.failure
+        where = f"in step {failure['step']}" if failure["step"] else "before any step"
+        if failure["batch"] is not None:
+            where += f", batch {failure['batch']}"
+        return (
+            f"{name} failed on attempt {run.attempts} {where} with "
+            f"{failure['error_class']}: {_clip(failure['error_message'])}; "
+            f"{_done(run)}, {_quarantine(run)}; it will resume at {resume}; "
+            f"fix the cause, then recover with {recover}."
+        )
+
+    if run.state in ("interrupted", "crashed"):
+        evidence = run.worker_evidence or (
+            last.error_message if last and last.error_message else "worker lost"
+        )
+        return (
+            f"{name} stopped on attempt {run.attempts} without recording an "
+            f"outcome ({evidence}); last good checkpoint: "
+            f"{describe_checkpoint(run.last_checkpoint)}; {_done(run)}, "
+            f"{_quarantine(run)}; it will resume at {resume}; recover with "
+            f"{recover}."
+        )
+
+    if run.state == "running":
+        where = f"step {run.current_step}" if run.current_step else "its first step"
+        if run.current_batch is not None:
+            where += f", batch {run.current_batch}"
+        return (
+            f"{name} is running attempt {run.attempts} ({run.worker_evidence}) in "
+            f"{where}; last good checkpoint: "
+            f"{describe_checkpoint(run.last_checkpoint)}; {_done(run)}, "
+            f"{_quarantine(run)}; nothing to do while it runs."
+        )
+
+    return (
+        f"{name} was started but no attempt has begun; it will start at {resume}; "
+        f"start it with {recover}."
+    )
+
+
+def _clip(text: str | None, limit: int = 160) -> str:
+    text = (text or "").replace("\n", " ").strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"

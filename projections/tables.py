@@ -1,0 +1,125 @@
+"""The read tables, in SQL that SQLite and PostgreSQL both accept.
+
+Every table is derived from the event log and nothing else: dropping them
+all and catching up again gives the same rows. Numbers are BIGINT and
+times are ISO 8601 text in UTC, which sort correctly as text.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DDL", "PROJECTION_NAME", "TABLES"]
+
+PROJECTION_NAME = "ledger-read-model"
+
+TABLES = (
+    "proj_position",
+    "proj_runs",
+    "proj_steps",
+    "proj_attempts",
+    "proj_counters",
+    "proj_quarantine",
+)
+
+DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS proj_position (
+        name TEXT PRIMARY KEY,
+        last_id BIGINT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS proj_runs (
+        run_id TEXT PRIMARY KEY,
+        job TEXT NOT NULL,
+        job_version TEXT NOT NULL,
+        job_ref TEXT NOT NULL,
+        input_name TEXT,
+        input_path TEXT,
+        input_size BIGINT,
+        input_sha256 TEXT,
+        params TEXT NOT NULL,
+        steps TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts BIGINT NOT NULL,
+        worker TEXT,
+        lease_until TEXT,
+        current_step TEXT,
+        current_batch BIGINT,
+        cp_step TEXT,
+        cp_batch BIGINT,
+        cp_first BIGINT,
+        cp_last BIGINT,
+        cp_position BIGINT,
+        cp_position_kind TEXT,
+        cp_at TEXT,
+        batches_done BIGINT NOT NULL,
+        failed_step TEXT,
+        failed_batch BIGINT,
+        error_class TEXT,
+        error_message TEXT,
+        started_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        ended_at TEXT
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS proj_runs_job ON proj_runs (job, started_at)",
+    """
+    CREATE TABLE IF NOT EXISTS proj_steps (
+        run_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        ordinal BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        batches BIGINT NOT NULL,
+        records BIGINT NOT NULL,
+        written BIGINT NOT NULL,
+        quarantined BIGINT NOT NULL,
+        last_first BIGINT,
+        last_last BIGINT,
+        last_position BIGINT,
+        position_kind TEXT,
+        PRIMARY KEY (run_id, step)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS proj_attempts (
+        run_id TEXT NOT NULL,
+        attempt BIGINT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        outcome TEXT NOT NULL,
+        worker TEXT,
+        resume_from TEXT,
+        batches BIGINT NOT NULL,
+        failed_step TEXT,
+        failed_batch BIGINT,
+        error_class TEXT,
+        error_message TEXT,
+        input_sha256 TEXT,
+        PRIMARY KEY (run_id, attempt)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS proj_counters (
+        run_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value BIGINT NOT NULL,
+        PRIMARY KEY (run_id, name)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS proj_quarantine (
+        quarantine_id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        batch BIGINT NOT NULL,
+        record BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        attempt BIGINT NOT NULL,
+        payload TEXT,
+        quarantined_at TEXT NOT NULL,
+        state TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS proj_quarantine_run ON proj_quarantine (run_id)",
+)

@@ -1,0 +1,313 @@
+"""What the read commands show: runs, attempts and quarantined records.
+
+Each view is a frozen dataclass whose `as_dict` gives the stable field
+names of `--json` output. Field names only ever get added, never renamed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from ledger.errors import UnknownRun
+from ledger.worker import liveness
+from projections.database import ReadDatabase
+
+__all__ = [
+    "AttemptView",
+    "QuarantineView",
+    "RunView",
+    "StepView",
+    "find_run",
+    "list_attempts",
+    "list_quarantine",
+    "list_runs",
+]
+
+
+@dataclass(frozen=True)
+class StepView:
+    step: str
+    state: str
+    batches: int
+    records: int
+    written: int
+    quarantined: int
+    last_first: int | None
+    last_last: int | None
+    last_position: int | None
+    position_kind: str | None
+
+
+@dataclass(frozen=True)
+class RunView:
+    run_id: str
+    job: str
+    job_version: str
+    job_ref: str
+    input: dict[str, Any]
+    params: dict[str, Any]
+    state: str
+    attempts: int
+    worker: dict[str, Any] | None
+    lease_until: str | None
+    current_step: str | None
+    current_batch: int | None
+    last_checkpoint: dict[str, Any] | None
+    resume_point: dict[str, Any] | None
+    batches_done: int
+    failure: dict[str, Any] | None
+    worker_evidence: str | None
+    quarantined: int
+    quarantined_by_reason: dict[str, int]
+    counters: dict[str, int]
+    steps: list[StepView] = field(default_factory=list)
+    started_at: str = ""
+    updated_at: str = ""
+    ended_at: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    run_id: str
+    attempt: int
+    started_at: str
+    ended_at: str | None
+    outcome: str
+    worker: dict[str, Any] | None
+    resume_from: dict[str, Any] | None
+    batches: int
+    failed_step: str | None
+    failed_batch: int | None
+    error_class: str | None
+    error_message: str | None
+    input_sha256: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QuarantineView:
+    quarantine_id: str
+    job: str
+    run_id: str
+    step: str
+    batch: int
+    record: int
+    reason: str
+    detail: str
+    attempt: int
+    payload: Any
+    quarantined_at: str
+    state: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _loads(text: str | None) -> Any:
+    return orjson.loads(text) if text else None
+
+
+def _resume_point(steps: list[StepView]) -> dict[str, Any] | None:
+    """The first work after the last good checkpoint: None when all done."""
+    for step in steps:
+        if step.state == "completed":
+            continue
+        return {
+            "step": step.step,
+            "batch": step.batches,
+            "from_record": (step.last_last + 1) if step.last_last else 1,
+            "position": step.last_position or 0,
+            "position_kind": step.position_kind,
+        }
+    return None
+
+
+def _effective_state(row: dict[str, Any]) -> tuple[str, str | None]:
+    """A run marked running whose worker is gone is shown as interrupted."""
+    if row["state"] != "running" or not row["worker"]:
+        return row["state"], None
+    state = liveness(orjson.loads(row["worker"]), row["lease_until"] or "")
+    return ("running" if state.alive else "interrupted"), state.evidence
+
+
+async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
+    run_id = row["run_id"]
+    steps = [
+        StepView(
+            step=s["step"],
+            state=s["state"],
+            batches=s["batches"],
+            records=s["records"],
+            written=s["written"],
+            quarantined=s["quarantined"],
+            last_first=s["last_first"],
+            last_last=s["last_last"],
+            last_position=s["last_position"],
+            position_kind=s["position_kind"],
+        )
+        for s in await db.fetch(
+            "SELECT * FROM proj_steps WHERE run_id = $1 ORDER BY ordinal", run_id
+        )
+    ]
+    reasons = await db.fetch(
+        "SELECT reason, COUNT(*) AS n FROM proj_quarantine WHERE run_id = $1 "
+        "GROUP BY reason ORDER BY reason",
+        run_id,
+    )
+    counters = await db.fetch(
+        "SELECT name, value FROM proj_counters WHERE run_id = $1 ORDER BY name",
+        run_id,
+    )
+    checkpoint = None
+    if row["cp_step"] is not None:
+        checkpoint = {
+            "step": row["cp_step"],
+            "batch": row["cp_batch"],
+            "first_record": row["cp_first"],
+            "last_record": row["cp_last"],
+            "position": row["cp_position"],
+            "position_kind": row["cp_position_kind"],
+            "at": row["cp_at"],
+        }
+    failure = None
+    if row["error_class"] is not None:
+        failure = {
+            "step": row["failed_step"],
+            "batch": row["failed_batch"],
+            "error_class": row["error_class"],
+            "error_message": row["error_message"],
+        }
+    state, evidence = _effective_state(row)
+    by_reason = {r["reason"]: int(r["n"]) for r in reasons}
+    return RunView(
+        run_id=run_id,
+        job=row["job"],
+        job_version=row["job_version"],
+        job_ref=row["job_ref"],
+        input={
+            "name": row["input_name"],
+            "path": row["input_path"],
+            "size": row["input_size"],
+            "sha256": row["input_sha256"],
+        },
+        params=_loads(row["params"]) or {},
+        state=state,
+        attempts=row["attempts"],
+        worker=_loads(row["worker"]),
+        lease_until=row["lease_until"],
+        current_step=row["current_step"],
+        current_batch=row["current_batch"],
+        last_checkpoint=checkpoint,
+        resume_point=None if state == "completed" else _resume_point(steps),
+        batches_done=row["batches_done"],
+        failure=failure,
+        worker_evidence=evidence,
+        quarantined=sum(by_reason.values()),
+        quarantined_by_reason=by_reason,
+        counters={c["name"]: int(c["value"]) for c in counters},
+        steps=steps,
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        ended_at=row["ended_at"],
+    )
+
+
+async def list_runs(db: ReadDatabase, job: str | None = None) -> list[RunView]:
+    """Every job's latest run; with a job, that job's runs, newest first."""
+    if job is None:
+        rows = await db.fetch(
+            "SELECT * FROM proj_runs r WHERE started_at = "
+            "(SELECT MAX(started_at) FROM proj_runs WHERE job = r.job) ORDER BY job"
+        )
+    else:
+        rows = await db.fetch(
+            "SELECT * FROM proj_runs WHERE job = $1 ORDER BY started_at DESC LIMIT 50",
+            job,
+        )
+    return [await _run_view(db, row) for row in rows]
+
+
+async def find_run(db: ReadDatabase, run_ref: str) -> RunView:
+    """The run with this id, or the one run whose id starts with it."""
+    ref = run_ref.strip().lower()
+    if len(ref) < 4 or not all(c in "0123456789abcdef-" for c in ref):
+        raise UnknownRun(run_ref, "a run id is hex; give at least 4 of its characters")
+    rows = await db.fetch(
+        "SELECT * FROM proj_runs WHERE run_id LIKE $1 ORDER BY started_at LIMIT 6",
+        ref + "%",
+    )
+    if not rows:
+        raise UnknownRun(run_ref)
+    if len(rows) > 1:
+        shown = ", ".join(r["run_id"][:13] for r in rows[:5])
+        raise UnknownRun(run_ref, f"it matches several runs ({shown}); give more")
+    return await _run_view(db, rows[0])
+
+
+async def list_attempts(db: ReadDatabase, run_id: str) -> list[AttemptView]:
+    rows = await db.fetch(
+        "SELECT * FROM proj_attempts WHERE run_id = $1 ORDER BY attempt", run_id
+    )
+    return [
+        AttemptView(
+            run_id=r["run_id"],
+            attempt=r["attempt"],
+            started_at=r["started_at"],
+            ended_at=r["ended_at"],
+            outcome=r["outcome"],
+            worker=_loads(r["worker"]),
+            resume_from=_loads(r["resume_from"]),
+            batches=r["batches"],
+            failed_step=r["failed_step"],
+            failed_batch=r["failed_batch"],
+            error_class=r["error_class"],
+            error_message=r["error_message"],
+            input_sha256=r["input_sha256"],
+        )
+        for r in rows
+    ]
+
+
+async def list_quarantine(
+    db: ReadDatabase, job: str | None = None, limit: int = 100
+) -> tuple[int, list[QuarantineView]]:
+    """The total count, and up to `limit` records, oldest first."""
+    where = "WHERE r.job = $1" if job else ""
+    args: tuple[Any, ...] = (job,) if job else ()
+    total = await db.fetch(
+        "SELECT COUNT(*) AS n FROM proj_quarantine q "
+        f"JOIN proj_runs r ON r.run_id = q.run_id {where}",
+        *args,
+    )
+    rows = await db.fetch(
+        "SELECT q.*, r.job FROM proj_quarantine q "
+        f"JOIN proj_runs r ON r.run_id = q.run_id {where} "
+        f"ORDER BY q.quarantined_at, q.record LIMIT {int(limit)}",
+        *args,
+    )
+    views = [
+        QuarantineView(
+            quarantine_id=r["quarantine_id"],
+            job=r["job"],
+            run_id=r["run_id"],
+            step=r["step"],
+            batch=r["batch"],
+            record=r["record"],
+            reason=r["reason"],
+            detail=r["detail"],
+            attempt=r["attempt"],
+            payload=_loads(r["payload"]),
+            quarantined_at=r["quarantined_at"],
+            state=r["state"],
+        )
+        for r in rows
+    ]
+    return int(total[0]["n"]), views
