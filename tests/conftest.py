@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import subprocess
+import sys
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -107,3 +109,34 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         request.node.add_marker(pytest.mark.postgres)
     url = request.getfixturevalue("postgres_url")
     return url
+
+
+NUMBERS_JOB = REPO / "tests" / "jobs" / "numbers.py"
+
+
+def ledger_command(
+    args: list[str],
+    *,
+    url: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Runs the real `ledger` command in a subprocess."""
+    full_env = {**os.environ, "LEDGER_URL": url, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def write_numbers(path: Path, count: int, bad: tuple[int, ...] = ()) -> Path:
+    """A numbers file; lines listed in `bad` (1-based) are not numbers."""
+    lines = [f"x{n}" if n in bad else str(n) for n in range(1, count + 1)]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,141 @@
+"""A small job for tests: numbers in a text file, doubled, then stored.
+
+Parameters steer failures so tests can make a run fail, hang or succeed
+with the same input version:
+
+- `fail_marker`: while this file exists, step `fail_step` raises at batch
+  `fail_batch` (the parameters stay the same when the file is removed, so
+  the next run resumes the same run);
+- `hold_marker`: while this file exists, the first batch of `store` waits
+  (up to 60 s) so a test can observe a live worker holding the run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ledger import Checkpoint, InputError, Job, Record, Reject, RunContext, Step
+
+
+class Double:
+    name = "double"
+    position_kind = "line"
+
+    def __init__(self, path: Path, job: NumbersJob) -> None:
+        self.path = path
+        self.job = job
+        self.rows: dict[int, int] = job.staged
+
+    def size(self) -> int | None:
+        return None
+
+    def read(self, after: Checkpoint | None) -> Iterator[Record]:
+        start = after.position if after else 0
+        lines = self.path.read_text().splitlines()
+        for number, line in enumerate(lines[start:], start=start + 1):
+            yield Record(number=number, position=number, data=line)
+
+    def handle(self, record: Record, counters: Counter[str]) -> Any:
+        self.job.maybe_fail(self.name)
+        try:
+            value = int(record.data)
+        except ValueError:
+            raise Reject("not_a_number", f"{record.data!r}", record.data) from None
+        if value < 0:
+            counters["negative"] += 1
+        return value * 2
+
+    def write(self, outputs: Sequence[tuple[Record, Any]]) -> int:
+        with self.job.db:
+            self.job.db.executemany(
+                "INSERT OR REPLACE INTO staged VALUES (?, ?)",
+                [(record.number, value) for record, value in outputs],
+            )
+        return len(outputs)
+
+
+class Store:
+    name = "store"
+    position_kind = "line"
+
+    def __init__(self, job: NumbersJob) -> None:
+        self.job = job
+
+    def size(self) -> int | None:
+        return None
+
+    def read(self, after: Checkpoint | None) -> Iterator[Record]:
+        start = after.position if after else 0
+        rows = self.job.db.execute(
+            "SELECT line, value FROM staged WHERE line > ? ORDER BY line", (start,)
+        ).fetchall()
+        for line, value in rows:
+            yield Record(number=line, position=line, data=value)
+
+    def handle(self, record: Record, counters: Counter[str]) -> Any:
+        self.job.maybe_fail(self.name)
+        self.job.maybe_hold()
+        return record.data
+
+    def write(self, outputs: Sequence[tuple[Record, Any]]) -> int:
+        with self.job.db:
+            self.job.db.executemany(
+                "INSERT OR REPLACE INTO result VALUES (?, ?)",
+                [(record.number, value) for record, value in outputs],
+            )
+        return len(outputs)
+
+
+class NumbersJob(Job):
+    name = "numbers"
+    version = "1"
+    parameters: ClassVar[dict[str, Any]] = {
+        "output": "numbers.sqlite",
+        "fail_marker": "",
+        "fail_step": "store",
+        "fail_batch": 1,
+        "hold_marker": "",
+    }
+
+    def check_input(self, path: Path) -> None:
+        if not path.read_text().strip():
+            raise InputError(str(path), "is empty", "pass a file of numbers")
+
+    def outputs(self, params: dict[str, Any]) -> list[Path]:
+        return [Path(params["output"])]
+
+    def open(self, context: RunContext) -> Sequence[Step]:
+        self.params = context.params
+        self.batch_size = int(context.params["batch_size"])
+        self.db = sqlite3.connect(context.params["output"])
+        self.db.execute("CREATE TABLE IF NOT EXISTS staged (line PRIMARY KEY, value)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS result (line PRIMARY KEY, value)")
+        self.staged: dict[int, int] = {}
+        self.handled: Counter[str] = Counter()
+        return [Double(Path(context.input.path), self), Store(self)]
+
+    def maybe_fail(self, step: str) -> None:
+        self.handled[step] += 1
+        marker = self.params["fail_marker"]
+        if not marker or step != self.params["fail_step"]:
+            return
+        batch = (self.handled[step] - 1) // self.batch_size
+        if Path(marker).exists() and batch >= int(self.params["fail_batch"]):
+            raise RuntimeError(f"planted failure in {step}")
+
+    def maybe_hold(self) -> None:
+        marker = self.params["hold_marker"]
+        deadline = time.monotonic() + 60
+        while marker and Path(marker).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self, context: RunContext, *, completed: bool) -> None:
+        self.db.close()
+
+
+job = NumbersJob()
