@@ -45,7 +45,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 )
 @click.option(
     "--log-level",
-    default="warning",
+    default="error",
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="Log level of structured logs on stderr.",
 )

@@ -334,8 +334,8 @@ class _Worker:
         if self.batch is not None:
             where += f", batch {self.batch}"
         return (
-            f"run {self.run.id} failed{where}: {what}; fix the cause and run the "
-            "same command again to resume from the last checkpoint"
+            f"run {self.run.id} failed{where}: {what}; once fixed, "
+            f"`ledger resume {str(self.run.id)[:8]}` goes on from the last checkpoint"
         )
 
     def _record_failure(self, error_class: str, message: str) -> None:
@@ -345,7 +345,7 @@ class _Worker:
         run.fail(self.attempt, self.step, self.batch, error_class, message[:2000])
         self.run = run
         self.save()
-        log.error(
+        log.warning(
             "attempt.failed",
             run_id=str(run.id),
             attempt=self.attempt,

@@ -96,7 +96,7 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'ledger' / 'ledger.sqlite'}"
+    return f"sqlite:///{tmp_path / 'store' / 'ledger.sqlite'}"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -113,6 +113,11 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 NUMBERS_JOB = REPO / "tests" / "jobs" / "numbers.py"
 
+# The installed console script, as a user runs it. (`python -m ledger` would
+# put the working directory first on sys.path, where a folder named
+# `ledger` would shadow the package.)
+LEDGER = [str(Path(sys.executable).parent / "ledger")]
+
 
 def ledger_command(
     args: list[str],
@@ -125,7 +130,7 @@ def ledger_command(
     """Runs the real `ledger` command in a subprocess."""
     full_env = {**os.environ, "LEDGER_URL": url, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "ledger", *args],
+        [*LEDGER, *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,

@@ -16,7 +16,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import zipfile
 from collections import defaultdict
@@ -25,7 +24,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import FLIGHTS_JOB, ledger_command, make_flights_zip
+from conftest import FLIGHTS_JOB, LEDGER, ledger_command, make_flights_zip
 
 from ledger.config import parse_ledger_url
 from ledger.store import opened
@@ -193,7 +192,7 @@ def test_repeated_kills_at_random_moments(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     output = tmp_path / "out.sqlite"
-    command = [sys.executable, "-m", "ledger", *_run_args(flights_input, output)]
+    command = [*LEDGER, *_run_args(flights_input, output)]
     env = {**__import__("os").environ, "LEDGER_URL": url}
     env.pop("LEDGER_FAULT", None)
     draw = random.Random(20261204)
