@@ -27,12 +27,12 @@ class LedgerError(Exception):
 class LedgerUnavailable(LedgerError):
     """The store named by LEDGER_URL cannot be used."""
 
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(
-            f"cannot use the ledger at {url}: {reason}; "
+    def __init__(self, url: str, reason: str, fix: str | None = None) -> None:
+        fix = fix or (
             "check LEDGER_URL (sqlite:///PATH or "
             "postgresql://USER:PASSWORD@HOST:PORT/DB) and that the server is up"
         )
+        super().__init__(f"cannot use the ledger at {url}: {reason}; {fix}")
         self.url = url
         self.reason = reason
 

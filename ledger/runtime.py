@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -195,7 +196,7 @@ def run_job(
     context = RunContext(run_id=run.id if run else uuid4(), input=source, params=params)
     steps = job.open(context)
     completed = False
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = _on_sigterm(_raise_interrupt)
     try:
         if run is None:
             run = Run.start(
@@ -215,7 +216,7 @@ def run_job(
         worker.work()
         completed = True
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _on_sigterm(previous)
         job.close(context, completed=completed)
 
     summary = _summary(worker.run, started)
@@ -227,6 +228,14 @@ def run_job(
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Installs a SIGTERM handler; only the main thread may, so an embedded
+    worker in another thread leaves signals to its host."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _find_run(

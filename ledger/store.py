@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
     IntegrityError,
@@ -116,7 +118,7 @@ def open_ledger(location: LedgerLocation | None = None) -> Ledger:
     try:
         ledger = Ledger(env=store_env(location))
         ledger.recorder.max_notification_id()
-    except (PersistenceError, OSError) as error:
+    except (PersistenceError, OSError, sqlite3.Error, psycopg.Error) as error:
         raise LedgerUnavailable(location.display_url, _first_line(error)) from error
     return ledger
 

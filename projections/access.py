@@ -26,9 +26,9 @@ async def open_read_database(location: LedgerLocation) -> ReadDatabase:
         if not location.sqlite_path.is_file():
             raise LedgerUnavailable(
                 location.url,
-                f"no ledger file at {location.sqlite_path} (from "
-                f"{os.getcwd()}); run a job first with `ledger run`, or point "
-                "LEDGER_URL at the ledger",
+                f"no ledger file at {location.sqlite_path} (from {os.getcwd()})",
+                "run a job first with `ledger run`, or point LEDGER_URL at the "
+                "ledger",
             )
         return SQLiteDatabase(location.sqlite_path, table)
     try:
