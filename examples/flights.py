@@ -75,7 +75,12 @@ def delay_category(arr_delay: int | None, *, cancelled: bool) -> str:
 
 def parse_row(line: str) -> dict[str, Any]:
     """One CSV line as typed fields; Reject('malformed') when it will not."""
-    fields = next(csv.reader([line]), [])
+    # The real file quotes nothing, so a plain split is exact and far faster;
+    # a quoted line goes through the csv module.
+    if '"' in line:
+        fields = next(csv.reader([line]), [])
+    else:
+        fields = line.rstrip("\r\n").split(",")
     if len(fields) != len(COLUMNS):
         raise Reject(
             "malformed",
