@@ -27,8 +27,7 @@ async def open_read_database(location: LedgerLocation) -> ReadDatabase:
             raise LedgerUnavailable(
                 location.url,
                 f"no ledger file at {location.sqlite_path} (from {os.getcwd()})",
-                "run a job first with `ledger run`, or point LEDGER_URL at the "
-                "ledger",
+                "run a job first with `ledger run`, or point LEDGER_URL at the ledger",
             )
         return SQLiteDatabase(location.sqlite_path, table)
     try:

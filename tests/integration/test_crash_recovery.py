@@ -88,8 +88,7 @@ def _expected_loaded(source: Path) -> int:
         if (
             None in row
             or None in row.values()
-            or not row["dep_time"].isdigit()
-            and (row["dep_time"] != "NA")
+            or (not row["dep_time"].isdigit() and (row["dep_time"] != "NA"))
         ):
             continue  # malformed
         departed = row["dep_time"] != "NA"

@@ -157,7 +157,8 @@ def test_failed_run_resumes_from_its_checkpoint(
 
     run, attempts = _read(ledger_url, view)
     assert [a.outcome for a in attempts] == ["failed", "completed"]
-    assert attempts[0].failed_step == "store" and attempts[0].failed_batch == 3
+    assert attempts[0].failed_step == "store"
+    assert attempts[0].failed_batch == 3
     assert attempts[1].batches == 7  # only store's batches 3 to 9 were redone
 
 
@@ -168,7 +169,8 @@ def test_completed_input_is_not_redone_unless_asked(
     params = {"batch_size": 5, "output": tmp_path / "o.sqlite"}
     first = _run(ledger_url, NUMBERS_JOB, numbers, **params)
     again = _run(ledger_url, NUMBERS_JOB, numbers, **params)
-    assert again.already_completed and again.run_id == first.run_id
+    assert again.already_completed
+    assert again.run_id == first.run_id
     assert again.events_written == 0
 
     job = load_job(str(NUMBERS_JOB))
@@ -178,7 +180,8 @@ def test_completed_input_is_not_redone_unless_asked(
             resolve_params(job, {k: str(v) for k, v in params.items()}),
             new_run=True,
         )  # fmt: skip
-    assert fresh.run_id != first.run_id and fresh.status == "completed"
+    assert fresh.run_id != first.run_id
+    assert fresh.status == "completed"
 
 
 def _start_attempt_for(
@@ -208,7 +211,7 @@ def test_live_worker_holds_the_run_and_a_stale_one_is_fenced(
     def work() -> None:
         try:
             outcome["summary"] = _run(ledger_url, NUMBERS_JOB, numbers, **params)
-        except Exception as error:  # noqa: BLE001 - handed to the test thread
+        except Exception as error:
             outcome["error"] = error
 
     worker = threading.Thread(target=work)

@@ -15,7 +15,8 @@ from ledger import Record, Reject
 
 def _module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("flights_under_test", FLIGHTS_JOB)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -23,10 +24,22 @@ def _module() -> ModuleType:
 
 flights = _module()
 
-REAL = "2013,1,1,517,515,2,830,819,11,UA,1545,N14228,EWR,IAH,227,1400,5,15,2013-01-01T10:00:00Z"
-CANCELLED = "2013,1,1,NA,1630,NA,NA,1815,NA,EV,4308,N18120,EWR,RDU,NA,416,16,30,2013-01-01T21:00:00Z"
-NO_ARRIVAL = "2013,1,1,2016,1930,46,NA,2220,NA,EV,4204,N14168,EWR,OKC,NA,1325,19,30,2013-01-02T00:00:00Z"
-NO_DELAY = "2013,1,1,1525,1530,-5,1934,1805,NA,MQ,4525,N719MQ,LGA,XNA,NA,1147,15,30,2013-01-01T20:00:00Z"
+REAL = (
+    "2013,1,1,517,515,2,830,819,11,UA,1545,N14228,EWR,IAH,227,1400,5,15,"
+    "2013-01-01T10:00:00Z"
+)
+CANCELLED = (
+    "2013,1,1,NA,1630,NA,NA,1815,NA,EV,4308,N18120,EWR,RDU,NA,416,16,30,"
+    "2013-01-01T21:00:00Z"
+)
+NO_ARRIVAL = (
+    "2013,1,1,2016,1930,46,NA,2220,NA,EV,4204,N14168,EWR,OKC,NA,1325,19,30,"
+    "2013-01-02T00:00:00Z"
+)
+NO_DELAY = (
+    "2013,1,1,1525,1530,-5,1934,1805,NA,MQ,4525,N719MQ,LGA,XNA,NA,1147,15,30,"
+    "2013-01-01T20:00:00Z"
+)
 
 
 def _enrich(
@@ -40,8 +53,10 @@ def _enrich(
 
 def test_a_clean_row_parses_typed() -> None:
     row = flights.parse_row(REAL)
-    assert row["dep_time"] == 517 and row["arr_delay"] == 11
-    assert row["tailnum"] == "N14228" and row["time_hour"].endswith("Z")
+    assert row["dep_time"] == 517
+    assert row["arr_delay"] == 11
+    assert row["tailnum"] == "N14228"
+    assert row["time_hour"].endswith("Z")
 
 
 def test_cancelled_flight_is_loaded_marked_cancelled() -> None:
@@ -67,7 +82,8 @@ def test_known_plane_is_joined_and_unknown_counted() -> None:
     assert (row["plane_manufacturer"], row["plane_year"]) == ("BOEING", 1999)
     assert counters["plane_unknown"] == 0
     row, counters = _enrich(REAL.replace("N14228", "NA"), planes)
-    assert row["plane_model"] is None and counters["plane_unknown"] == 1
+    assert row["plane_model"] is None
+    assert counters["plane_unknown"] == 1
 
 
 @pytest.mark.parametrize(

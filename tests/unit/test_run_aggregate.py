@@ -38,12 +38,15 @@ def test_resume_point_follows_checkpoints_and_steps() -> None:
     _checkpoint(run, attempt, "a", 0, 10)
     _checkpoint(run, attempt, "a", 1, 20)
     point = run.resume_point()
-    assert point is not None and (point.step, point.batch) == ("a", 2)
-    assert point.after is not None and point.after.last_record == 20
+    assert point is not None
+    assert (point.step, point.batch) == ("a", 2)
+    assert point.after is not None
+    assert point.after.last_record == 20
 
     run.complete_step(attempt, "a")
     point = run.resume_point()
-    assert point is not None and (point.step, point.batch, point.after) == (
+    assert point is not None
+    assert (point.step, point.batch, point.after) == (
         "b",
         0,
         None,
