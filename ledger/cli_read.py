@@ -7,10 +7,9 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from ledger.cli_support import location_of, print_json
+from ledger.cli_support import console, location_of, print_json
 from projections.access import open_read_database, read
 from projections.database import ReadDatabase
 from projections.explain import describe_checkpoint, describe_resume, explain
@@ -60,7 +59,7 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
             f"{run.quarantined:,}",
             run.updated_at[:19].replace("T", " "),
         )
-    Console().print(table)
+    console().print(table)
 
 
 @click.command()
@@ -104,7 +103,7 @@ def history(ctx: click.Context, run_ref: str, as_json: bool) -> None:
             failed_at,
             error,
         )
-    Console().print(table)
+    console().print(table)
 
 
 def _time(value: str | None) -> str:
@@ -184,7 +183,7 @@ def quarantine_list(
             record.step, str(record.batch), f"{record.record:,}", record.reason,
             record.detail[:60], str(record.attempt),
         )  # fmt: skip
-    Console().print(table)
+    console().print(table)
 
 
 @click.command()

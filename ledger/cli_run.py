@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ledger.cli_support import console as make_console
 from ledger.cli_support import location_of, print_json
 from ledger.config import LedgerLocation
 from ledger.errors import InputError, LedgerError
@@ -138,7 +139,7 @@ def _show_summary(summary: RunSummary, job: Job, *, as_json: bool) -> None:
         )
         return
 
-    console = Console()
+    console = make_console()
     if summary.already_completed:
         console.print(
             f"run {summary.run_id} already completed this input version on "

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 import orjson
+from rich.console import Console
 
 from ledger.config import LedgerLocation
 
-__all__ = ["location_of", "print_json"]
+__all__ = ["console", "location_of", "print_json"]
+
+# Tables piped to a file or a pager are not squeezed to 80 columns.
+_PIPED_WIDTH = 200
+
+
+def console() -> Console:
+    """A console for tables: the terminal's width, or wide when piped."""
+    width = None if sys.stdout.isatty() else _PIPED_WIDTH
+    return Console(width=width)
 
 
 def location_of(ctx: click.Context) -> LedgerLocation:

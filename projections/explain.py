@@ -36,7 +36,7 @@ def describe_checkpoint(checkpoint: dict[str, Any] | None) -> str:
 
 
 def describe_resume(point: dict[str, Any] | None) -> str:
-    """'step enrich, batch 41, from row 205,001 (row 205,000)'."""
+    """'step enrich, batch 41, from row 205,001 (source position: row 205,000)'."""
     if point is None:
         return "nothing left to do"
     if point["from_record"] <= 1 and not point["position"]:
@@ -44,7 +44,8 @@ def describe_resume(point: dict[str, Any] | None) -> str:
     return (
         f"step {point['step']}, batch {point['batch']}, from row "
         f"{point['from_record']:,} "
-        f"({point.get('position_kind') or 'position'} {point['position']:,})"
+        f"(source position: {point.get('position_kind') or 'position'} "
+        f"{point['position']:,})"
     )
 
 
