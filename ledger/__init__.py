@@ -13,10 +13,11 @@ from ledger.errors import (
     Superseded,
     UnknownRun,
 )
-from ledger.job import InputVersion, Job, Record, Reject, RunContext, Step
+from ledger.job import REDACTED, InputVersion, Job, Record, Reject, RunContext, Step
 from ledger.run import Checkpoint, ResumePoint, Run
 
 __all__ = [
+    "REDACTED",
     "Checkpoint",
     "InputError",
     "InputVersion",

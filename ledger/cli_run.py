@@ -146,9 +146,10 @@ def _show_summary(summary: RunSummary, job: Job, *, as_json: bool) -> None:
             f"attempt {summary.attempt}; nothing redone (pass --new-run to "
             "run it again)"
         )
-    table = Table(title=f"{summary.job} run {summary.run_id}", show_header=False)
+    table = Table(title=summary.job, show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
+    table.add_row("run", str(summary.run_id))
     table.add_row("status", summary.status)
     if summary.resumed_from is not None:
         point = summary.resumed_from

@@ -30,7 +30,9 @@ from uuid import UUID
 
 from ledger.run import Checkpoint
 
-__all__ = ["InputVersion", "Job", "Record", "Reject", "RunContext", "Step"]
+__all__ = ["REDACTED", "InputVersion", "Job", "Record", "Reject", "RunContext", "Step"]
+
+REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,24 @@ class Job(ABC):
     # Labels for the counters steps keep, shown in the summary.
     counter_labels: ClassVar[dict[str, str]] = {}
 
+    # Fields whose values never reach the ledger: a quarantined record's
+    # payload keeps the key and loses the value.
+    sensitive_fields: ClassVar[frozenset[str]] = frozenset()
+
     def default_input(self) -> Path | None:
         """The input used when `--input` is not given."""
         return None
+
+    def redact(self, payload: Any) -> Any:
+        """The payload as it may be recorded: sensitive fields blanked."""
+        if isinstance(payload, dict):
+            return {
+                key: REDACTED if key in self.sensitive_fields else self.redact(value)
+                for key, value in payload.items()
+            }
+        if isinstance(payload, list):
+            return [self.redact(item) for item in payload]
+        return payload
 
     def check_input(self, path: Path) -> None:  # noqa: B027 - optional hook
         """Raises InputError when the file cannot be this job's input."""

@@ -118,6 +118,12 @@ def resolve_params(job: Job, overrides: dict[str, str]) -> dict[str, Any]:
         params[name] = _convert(name, text, params[name])
     if int(params["batch_size"]) < 1:
         raise InputError("--batch-size", "must be at least 1", "pass a positive size")
+    if not 0 <= float(params["max_quarantine_ratio"]) <= 1:
+        raise InputError(
+            "--param max_quarantine_ratio",
+            "must be between 0 and 1",
+            "pass a share such as 0.2",
+        )
     return params
 
 
@@ -195,6 +201,11 @@ def run_job(
     # Open the job's output, then start or claim the run, then work.
     context = RunContext(run_id=run.id if run else uuid4(), input=source, params=params)
     steps = job.open(context)
+    try:
+        _check_steps(job, steps, run)
+    except InputError:
+        job.close(context, completed=False)
+        raise
     completed = False
     previous = _on_sigterm(_raise_interrupt)
     try:
@@ -212,7 +223,7 @@ def run_job(
             index = index or InputRuns.create(job.name, key)
             index.add_run(run.id)
         attempt, resumed_from, events = _claim(ledger, run, index)
-        worker = _Worker(ledger, run, attempt, steps, progress, events)
+        worker = _Worker(ledger, run, attempt, steps, progress, events, job.redact)
         worker.work()
         completed = True
     finally:
@@ -224,6 +235,22 @@ def run_job(
     summary.resumed_from = resumed_from
     summary.events_written = worker.events
     return summary
+
+
+def _check_steps(job: Job, steps: Sequence[Step], run: Run | None) -> None:
+    """Step names are unique, and a resumed run's steps are still there."""
+    names = [step.name for step in steps]
+    if len(set(names)) != len(names):
+        raise InputError(
+            job.name, f"step names repeat ({', '.join(names)})",
+            "give every step of the job its own name",
+        )  # fmt: skip
+    if run is not None and run.steps != names:
+        raise InputError(
+            job.name,
+            f"run {run.id} was made with steps {run.steps}, the job now has {names}",
+            f"bump {job.name}'s version when its steps change, or restore them",
+        )
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -306,7 +333,9 @@ class _Worker:
         steps: Sequence[Step],
         progress: ProgressSink,
         events: int,
+        redact: Any,
     ) -> None:
+        self.redact = redact
         self.ledger = ledger
         self.run = run
         self.attempt = attempt
@@ -350,7 +379,12 @@ class _Worker:
     def _record_failure(self, error_class: str, message: str) -> None:
         # Start again from what the store holds: the in-memory run may carry
         # a checkpoint that never committed.
-        run: Run = self.ledger.repository.get(self.run.id)
+        try:
+            run: Run = self.ledger.repository.get(self.run.id)
+        except PersistenceError as error:
+            raise LedgerUnavailable("the ledger", str(error).splitlines()[0]) from error
+        if not run.attempt_open or run.attempt != self.attempt:
+            raise Superseded(str(run.id), self.attempt)
         run.fail(self.attempt, self.step, self.batch, error_class, message[:2000])
         self.run = run
         self.save()

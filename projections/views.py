@@ -123,7 +123,7 @@ def _resume_point(steps: list[StepView]) -> dict[str, Any] | None:
         return {
             "step": step.step,
             "batch": step.batches,
-            "from_record": (step.last_last + 1) if step.last_last else 1,
+            "from_record": 1 if step.last_last is None else step.last_last + 1,
             "position": step.last_position or 0,
             "position_kind": step.position_kind,
         }

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
+from uuid import UUID
 
 import orjson
 import pytest
@@ -22,10 +24,11 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic
 from jsonschema import Draft202012Validator, FormatChecker
 
-import ledger.run
 from ledger import Checkpoint, Job, JobFailed, Record, RunContext, Step
+from ledger import run as run_module
 from ledger.config import parse_ledger_url
 from ledger.loader import load_job
+from ledger.run import Run
 from ledger.runtime import describe_input, resolve_params, run_job
 from ledger.store import Ledger, opened
 from ledger.worker import current_worker, lease_until
@@ -37,7 +40,9 @@ DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 # A superseded version kept for events stored in it: NAME.v1.json.
 OLD_VERSION = re.compile(r"\.v(\d+)\.json$")
 
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
+)
 
 
 class OutputRefused(Exception):
@@ -62,7 +67,7 @@ class _RefusingStep:
         self.batch = after.batch + 1 if after else 0
         return self.step.read(after)
 
-    def handle(self, record: Record, counters: Any) -> Any:
+    def handle(self, record: Record, counters: Counter[str]) -> Any:
         return self.step.handle(record, counters)
 
     def write(self, outputs: Sequence[tuple[Record, Any]]) -> int:
@@ -126,7 +131,7 @@ def run_every_outcome(ledger: Ledger, source_path: Path, folder: Path) -> None:
         run_job(ledger, FlakyFlights(("enrich", 1)), __name__, source, flaky_params)
 
     # A worker claims the failed run and dies before it records anything.
-    run: ledger.run.Run = ledger.repository.get(failed.value.run_id)
+    run: Run = ledger.repository.get(UUID(failed.value.run_id))
     run.start_attempt(dead_worker(), lease_until())
     ledger.save(run)
 
@@ -138,9 +143,7 @@ def run_every_outcome(ledger: Ledger, source_path: Path, folder: Path) -> None:
 def stored_events(ledger: Ledger) -> list[tuple[str, dict[str, Any]]]:
     return [
         (notification.topic, orjson.loads(notification.state))
-        for notification in ledger.recorder.select_notifications(
-            start=1, limit=100_000
-        )
+        for notification in ledger.recorder.select_notifications(start=1, limit=100_000)
     ]
 
 
@@ -174,7 +177,7 @@ def event_classes() -> dict[str, type[Aggregate.Event]]:
     found: dict[str, type[Aggregate.Event]] = {}
     aggregates = [
         value
-        for value in vars(ledger.run).values()
+        for value in vars(run_module).values()
         if isinstance(value, type) and issubclass(value, Aggregate)
     ]
     for aggregate in aggregates:
@@ -273,7 +276,9 @@ def test_schema_file_is_a_strict_draft_2020_12_schema(path: Path) -> None:
     assert sorted(schema["required"]) == sorted(schema["properties"])
     assert "timestamp" in schema["properties"]
     undescribed = [
-        key for key, value in schema["properties"].items() if not value.get("description")
+        key
+        for key, value in schema["properties"].items()
+        if not value.get("description")
     ]
     assert undescribed == []
 
