@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
@@ -29,6 +30,16 @@ __all__ = ["explain_cmd", "history", "project", "quarantine", "status"]
 _json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON with stable field names."
 )
+
+
+def _run_and_attempts(
+    run_ref: str,
+) -> Callable[[ReadDatabase], Awaitable[tuple[RunView, list[AttemptView]]]]:
+    async def query(db: ReadDatabase) -> tuple[RunView, list[AttemptView]]:
+        run = await find_run(db, run_ref)
+        return run, await list_attempts(db, run.run_id)
+
+    return query
 
 
 @click.command()
@@ -69,11 +80,7 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
 def history(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     """The attempt history of one run."""
 
-    async def query(db: ReadDatabase) -> tuple[RunView, list[AttemptView]]:
-        run = await find_run(db, run_ref)
-        return run, await list_attempts(db, run.run_id)
-
-    run, attempts = read(location_of(ctx), query)
+    run, attempts = read(location_of(ctx), _run_and_attempts(run_ref))
     if as_json:
         print_json({"run": run.as_dict(), "attempts": [a.as_dict() for a in attempts]})
         return
@@ -126,11 +133,7 @@ def _resumed(resume: dict[str, Any] | None) -> str:
 def explain_cmd(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     """One sentence: what failed, where it resumes, and the command to run."""
 
-    async def query(db: ReadDatabase) -> tuple[RunView, list[AttemptView]]:
-        run = await find_run(db, run_ref)
-        return run, await list_attempts(db, run.run_id)
-
-    run, attempts = read(location_of(ctx), query)
+    run, attempts = read(location_of(ctx), _run_and_attempts(run_ref))
     sentence = explain(run, attempts)
     if as_json:
         print_json(

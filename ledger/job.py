@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
-from ledger.run import Checkpoint
+from ledger.checkpoint import Checkpoint
 
 __all__ = ["REDACTED", "InputVersion", "Job", "Record", "Reject", "RunContext", "Step"]
 

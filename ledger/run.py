@@ -12,66 +12,19 @@ so a superseded worker can never move a run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
+from ledger.checkpoint import Checkpoint, ResumePoint
 from ledger.errors import LedgerError
 
-__all__ = [
-    "Checkpoint",
-    "CheckpointRefused",
-    "InputRuns",
-    "ResumePoint",
-    "Run",
-    "input_runs_id",
-]
-
-_INPUT_NAMESPACE = uuid5(NAMESPACE_URL, "recovery-ledger:input-version")
+__all__ = ["Checkpoint", "CheckpointRefused", "ResumePoint", "Run"]
 
 
 class CheckpointRefused(LedgerError):
     """A worker tried to record something its attempt may not record."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A committed batch: what it covered and where its source resumes."""
-
-    step: str
-    batch: int
-    first_record: int
-    last_record: int
-    position: int
-
-    @classmethod
-    def from_event(cls, fields: dict[str, Any]) -> Checkpoint:
-        return cls(
-            step=fields["step"],
-            batch=fields["batch"],
-            first_record=fields["first_record"],
-            last_record=fields["last_record"],
-            position=fields["position"],
-        )
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """The first piece of work after the last good checkpoint of a step."""
-
-    step: str
-    batch: int
-    after: Checkpoint | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "batch": self.batch,
-            "after_record": self.after.last_record if self.after else 0,
-            "position": self.after.position if self.after else 0,
-        }
 
 
 class Run(Aggregate):
@@ -462,39 +415,3 @@ class Run(Aggregate):
         if self.resume_point() is not None:
             raise CheckpointRefused(f"run {self.id} still has steps to do")
         self.trigger_event(self.RunCompleted, attempt=attempt, totals=totals)
-
-
-def input_runs_id(input_key: str) -> UUID:
-    return uuid5(_INPUT_NAMESPACE, input_key)
-
-
-class InputRuns(Aggregate):
-    """The runs made of one job against one input version, oldest first.
-
-    Starting a run appends to this index in the same transaction, so two
-    workers racing to start a run for the same input cannot both succeed.
-    """
-
-    class Indexed(Aggregate.Created):
-        job: str
-        input_key: str
-
-    @classmethod
-    def create(cls, job: str, input_key: str) -> InputRuns:
-        return cls._create(
-            cls.Indexed, id=input_runs_id(input_key), job=job, input_key=input_key
-        )
-
-    def __init__(self, *, job: str, input_key: str) -> None:
-        self.job = job
-        self.input_key = input_key
-        self.run_ids: list[str] = []
-
-    class RunAdded(Aggregate.Event):
-        run_id: str
-
-        def apply(self, index: InputRuns) -> None:
-            index.run_ids.append(self.run_id)
-
-    def add_run(self, run_id: UUID) -> None:
-        self.trigger_event(self.RunAdded, run_id=str(run_id))

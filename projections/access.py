@@ -29,7 +29,23 @@ async def open_read_database(location: LedgerLocation) -> ReadDatabase:
                 f"no ledger file at {location.sqlite_path} (from {os.getcwd()})",
                 "run a job first with `ledger run`, or point LEDGER_URL at the ledger",
             )
-        return SQLiteDatabase(location.sqlite_path, table)
+        db: ReadDatabase = SQLiteDatabase(location.sqlite_path, table)
+    else:
+        db = await _connect_postgres(location, table)
+
+    # A store with no events table is not a ledger yet (or is being created
+    # right now); reading it must not race its creation.
+    if not await db.has_events_table():
+        await db.close()
+        raise LedgerUnavailable(
+            location.display_url,
+            "it holds no ledger yet",
+            "run a job first with `ledger run`, or point LEDGER_URL at the ledger",
+        )
+    return db
+
+
+async def _connect_postgres(location: LedgerLocation, table: str) -> ReadDatabase:
     try:
         return await PostgresDatabase.connect(location.asyncpg_dsn(), table)
     except (OSError, TimeoutError) as error:

@@ -35,6 +35,8 @@ class ReadDatabase(Protocol):
         """An async context: one transaction, exclusive among projectors."""
         ...
 
+    async def has_events_table(self) -> bool: ...
+
     async def max_event_id(self) -> int: ...
 
     async def events_after(self, last_id: int, limit: int) -> list[StoredRow]: ...
@@ -83,6 +85,9 @@ class SQLiteDatabase:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    async def has_events_table(self) -> bool:
+        return self._has_events_table()
 
     def _has_events_table(self) -> bool:
         row = self.conn.execute(
@@ -143,21 +148,17 @@ class PostgresDatabase:
             )
             yield self
 
-    async def _has_events_table(self) -> bool:
+    async def has_events_table(self) -> bool:
         found = await self.conn.fetchval("SELECT to_regclass($1)", self.events_table)
         return found is not None
 
     async def max_event_id(self) -> int:
-        if not await self._has_events_table():
-            return 0
         value = await self.conn.fetchval(
             f"SELECT MAX(notification_id) FROM {self.events_table}"
         )
         return int(value or 0)
 
     async def events_after(self, last_id: int, limit: int) -> list[StoredRow]:
-        if not await self._has_events_table():
-            return []
         rows = await self.conn.fetch(
             "SELECT notification_id, originator_id::text, topic, state "
             f"FROM {self.events_table} WHERE notification_id > $1 "

@@ -216,7 +216,7 @@ def test_live_worker_holds_the_run_and_a_stale_one_is_fenced(
 
     worker = threading.Thread(target=work)
     worker.start()
-    run_id = _wait_for_state(ledger_url, "store")
+    run_id = _wait_for_state(ledger_url, "store", outcome)
 
     # While it is alive, another worker on the same input is refused.
     with pytest.raises(RunHeld, match="is alive"):
@@ -236,9 +236,11 @@ def test_live_worker_holds_the_run_and_a_stale_one_is_fenced(
     assert [a.outcome for a in attempts] == ["crashed", "running"]
 
 
-def _wait_for_state(url: str, step: str) -> UUID:
+def _wait_for_state(url: str, step: str, outcome: dict[str, Any]) -> UUID:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        if outcome:
+            pytest.fail(f"the worker ended before step {step}: {outcome}")
 
         async def query(db: ReadDatabase) -> Any:
             return await list_runs(db, "numbers")

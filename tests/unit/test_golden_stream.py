@@ -35,8 +35,9 @@ from test_schemas import FlakyFlights
 
 from ledger import JobFailed
 from ledger.config import parse_ledger_url
+from ledger.input_runs import InputRuns
 from ledger.loader import load_job
-from ledger.run import InputRuns, Run
+from ledger.run import Run
 from ledger.runtime import describe_input, resolve_params, run_job
 from ledger.store import Ledger, opened
 from projections.database import SQLiteDatabase
@@ -546,7 +547,7 @@ def test_golden_events_decode_and_rebuild_their_aggregates(
             line["state"]["run_id"]
             for line in golden
             if line["originator_id"] == str(index_id)
-            and line["topic"] == "ledger.run:InputRuns.RunAdded"
+            and line["topic"] == "ledger.input_runs:InputRuns.RunAdded"
         ]
 
 

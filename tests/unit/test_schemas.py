@@ -25,6 +25,7 @@ from eventsourcing.utils import get_topic
 from jsonschema import Draft202012Validator, FormatChecker
 
 from ledger import Checkpoint, Job, JobFailed, Record, RunContext, Step
+from ledger import input_runs as input_runs_module
 from ledger import run as run_module
 from ledger.config import parse_ledger_url
 from ledger.loader import load_job
@@ -172,13 +173,20 @@ def current_schemas() -> dict[str, dict[str, Any]]:
     return schemas
 
 
+# The modules whose aggregates store events.
+AGGREGATE_MODULES = (run_module, input_runs_module)
+
+
 def event_classes() -> dict[str, type[Aggregate.Event]]:
     """Every event class the ledger's aggregates can store, by stored topic."""
     found: dict[str, type[Aggregate.Event]] = {}
     aggregates = [
         value
-        for value in vars(run_module).values()
-        if isinstance(value, type) and issubclass(value, Aggregate)
+        for module in AGGREGATE_MODULES
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Aggregate)
+        and value.__module__ == module.__name__
     ]
     for aggregate in aggregates:
         for name, value in vars(aggregate).items():
@@ -265,7 +273,8 @@ def test_schema_file_is_a_strict_draft_2020_12_schema(path: Path) -> None:
     assert schema["$schema"] == DRAFT_2020_12
     assert schema["$id"] == SCHEMA_BASE_URI + path.name
     assert schema["title"] == name
-    assert schema["x-event-topic"] == f"ledger.run:{name}"
+    assert schema["x-event-topic"].endswith(f":{name}")
+    assert schema["x-event-topic"] in event_classes()
     assert isinstance(schema["x-schema-version"], int)
     assert schema["x-schema-version"] >= 1
     assert schema["description"].strip()

@@ -1,0 +1,262 @@
+"""One attempt's work: the remaining steps, batch by batch.
+
+The order inside a batch is the whole recovery guarantee:
+
+1. `BatchStarted` is recorded (and the lease renewed);
+2. every record is handled; rejected ones wait in memory;
+3. the step writes the batch's output, replay-safe;
+4. one ledger transaction records the quarantined records and the
+   batch's checkpoint together.
+
+A crash before 4 commits leaves the batch unrecorded, so the next attempt
+reads and writes it again (step 3 makes that harmless). A crash after 4
+leaves it recorded, so no later attempt reads it again.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import orjson
+import structlog
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+from ledger import faults
+from ledger.errors import JobFailed, LedgerUnavailable, Superseded
+from ledger.job import Record, Reject, Step
+from ledger.run import Run
+from ledger.store import Ledger
+from ledger.worker import lease_until
+
+__all__ = ["Attempt", "NoProgress", "ProgressSink", "TooManyRejected", "save_run"]
+
+log = structlog.get_logger(__name__)
+
+# Payload previews kept in quarantine events are capped, so that a huge
+# record cannot bloat the ledger.
+PAYLOAD_PREVIEW_CHARS = 2000
+
+
+class ProgressSink(Protocol):
+    def step_started(self, step: str, total: int | None, done: int) -> None: ...
+
+    def batch_done(self, step: str, position: int) -> None: ...
+
+    def step_finished(self, step: str) -> None: ...
+
+
+class NoProgress:
+    def step_started(self, step: str, total: int | None, done: int) -> None:
+        pass
+
+    def batch_done(self, step: str, position: int) -> None:
+        pass
+
+    def step_finished(self, step: str) -> None:
+        pass
+
+
+def save_run(ledger: Ledger, run: Run, attempt: int, *others: Any) -> None:
+    """Saves the run; a refused version means another worker took over."""
+    try:
+        ledger.save(run, *others)
+    except IntegrityError as error:
+        raise Superseded(str(run.id), attempt) from error
+    except PersistenceError as error:
+        raise LedgerUnavailable("the ledger", str(error).splitlines()[0]) from error
+
+
+class Attempt:
+    """One attempt's work through the remaining steps."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        run: Run,
+        attempt: int,
+        steps: Sequence[Step],
+        progress: ProgressSink,
+        events: int,
+        redact: Callable[[Any], Any],
+    ) -> None:
+        self.redact = redact
+        self.ledger = ledger
+        self.run = run
+        self.attempt = attempt
+        self.steps = steps
+        self.progress = progress
+        self.events = events
+        self.step: str | None = None
+        self.batch: int | None = None
+
+    def save(self) -> None:
+        self.events += len(self.run.pending_events)
+        save_run(self.ledger, self.run, self.attempt)
+
+    def work(self) -> None:
+        try:
+            self._work_steps(self.steps)
+        except (Superseded, LedgerUnavailable):
+            # Nothing more may be recorded by this worker.
+            raise
+        except KeyboardInterrupt as interrupt:
+            self._record_failure("Interrupted", f"stopped by {interrupt or 'SIGINT'}")
+            raise JobFailed(
+                str(self.run.id), self._failure_text("interrupted")
+            ) from None
+        except Exception as error:
+            self._record_failure(type(error).__name__, str(error))
+            raise JobFailed(
+                str(self.run.id),
+                self._failure_text(f"{type(error).__name__}: {error}"),
+            ) from error
+
+    def _failure_text(self, what: str) -> str:
+        where = f" in step {self.step}" if self.step else ""
+        if self.batch is not None:
+            where += f", batch {self.batch}"
+        return (
+            f"run {self.run.id} failed{where}: {what}; once fixed, "
+            f"`ledger resume {str(self.run.id)[:8]}` goes on from the last checkpoint"
+        )
+
+    def _record_failure(self, error_class: str, message: str) -> None:
+        # Start again from what the store holds: the in-memory run may carry
+        # a checkpoint that never committed.
+        try:
+            run: Run = self.ledger.repository.get(self.run.id)
+        except PersistenceError as error:
+            raise LedgerUnavailable("the ledger", str(error).splitlines()[0]) from error
+        if not run.attempt_open or run.attempt != self.attempt:
+            raise Superseded(str(run.id), self.attempt)
+        run.fail(self.attempt, self.step, self.batch, error_class, message[:2000])
+        self.run = run
+        self.save()
+        log.warning(
+            "attempt.failed",
+            run_id=str(run.id),
+            attempt=self.attempt,
+            step=self.step,
+            batch=self.batch,
+            error_class=error_class,
+        )
+
+    def _work_steps(self, steps: Sequence[Step]) -> None:
+        by_name = {step.name: step for step in steps}
+        for name in self.run.steps:
+            if name in self.run.completed_steps:
+                continue
+            self.step = name
+            self.run.start_step(self.attempt, name)
+            self.save()
+            self._work_batches(by_name[name])
+            self.batch = None
+            self.run.complete_step(self.attempt, name)
+            self.save()
+            self.progress.step_finished(name)
+
+        self.step = None
+        self.run.complete(self.attempt, dict(self.run.totals))
+        self.save()
+        log.info("run.completed", run_id=str(self.run.id), attempt=self.attempt)
+
+    def _work_batches(self, step: Step) -> None:
+        batch_size = int(self.run.params["batch_size"])
+        after = self.run.checkpoints.get(step.name)
+        self.progress.step_started(
+            step.name, step.size(), after.position if after else 0
+        )
+        records = step.read(after)
+        while True:
+            chunk = list(itertools.islice(records, batch_size))
+            if not chunk:
+                return
+            self._work_batch(step, chunk)
+
+    def _work_batch(self, step: Step, chunk: list[Record]) -> None:
+        batch = self.run.batches_done.get(step.name, 0)
+        self.batch = batch
+        faults.enter_batch(step.name, batch)
+
+        # Record the start, renewing the lease.
+        self.run.start_batch(
+            self.attempt, step.name, batch, chunk[0].number, lease_until()
+        )
+        self.save()
+
+        # Handle each record; a rejected one waits for quarantine.
+        counters: Counter[str] = Counter()
+        outputs: list[tuple[Record, Any]] = []
+        rejected: list[tuple[Record, Reject]] = []
+        for record in chunk:
+            try:
+                outputs.append((record, step.handle(record, counters)))
+            except Reject as rejection:
+                rejected.append((record, rejection))
+        self._check_reject_ratio(step.name, batch, len(chunk), rejected)
+        faults.hit("in_batch")
+
+        # Write the output; replay-safe, so a crash from here on is harmless.
+        written = step.write(outputs)
+        faults.hit("after_write")
+
+        # One transaction: quarantined records and the checkpoint.
+        for record, reject in rejected:
+            self.run.quarantine(
+                self.attempt,
+                step.name,
+                batch,
+                record.number,
+                reject.reason,
+                reject.detail[:500],
+                _preview(reject.payload),
+            )
+        self.run.checkpoint_batch(
+            attempt=self.attempt,
+            step=step.name,
+            batch=batch,
+            first_record=chunk[0].number,
+            last_record=chunk[-1].number,
+            position=chunk[-1].position,
+            position_kind=getattr(step, "position_kind", "position"),
+            records=len(chunk),
+            written=written,
+            quarantined=len(rejected),
+            counters=dict(counters),
+            lease_until=lease_until(),
+        )
+        self.save()
+        faults.hit("after_checkpoint")
+        self.progress.batch_done(step.name, chunk[-1].position)
+
+    def _check_reject_ratio(
+        self, step: str, batch: int, size: int, rejected: list[tuple[Record, Reject]]
+    ) -> None:
+        limit = float(self.run.params["max_quarantine_ratio"])
+        if size >= 20 and len(rejected) > limit * size:
+            reasons = Counter(reject.reason for _, reject in rejected)
+            raise TooManyRejected(
+                f"step {step} batch {batch} rejected {len(rejected)} of {size} "
+                f"records ({dict(reasons)}), over max_quarantine_ratio={limit}: "
+                "check that --input is the file this job expects, or raise "
+                "--param max_quarantine_ratio"
+            )
+
+
+class TooManyRejected(Exception):
+    """A batch rejected so much that quarantining it would hide a fault."""
+
+
+def _preview(payload: Any) -> Any:
+    """A payload small enough to keep in an event."""
+    if payload is None:
+        return None
+    if isinstance(payload, str):
+        return payload[:PAYLOAD_PREVIEW_CHARS]
+    encoded = orjson.dumps(payload, default=str)
+    if len(encoded) <= PAYLOAD_PREVIEW_CHARS:
+        return orjson.loads(encoded)
+    return encoded[:PAYLOAD_PREVIEW_CHARS].decode("utf-8", "replace")
