@@ -11,6 +11,8 @@ import click
 from rich.table import Table
 
 from ledger.cli_support import console, location_of, print_json
+from ledger.config import LedgerLocation
+from ledger.errors import LedgerNotCreated
 from projections.access import open_read_database, read
 from projections.database import ReadDatabase
 from projections.explain import describe_checkpoint, describe_resume, explain
@@ -189,6 +191,21 @@ def quarantine_list(
     console().print(table)
 
 
+async def _open_when_ready(location: LedgerLocation, *, wait: bool) -> ReadDatabase:
+    """Opens the read side; a follower started before the first job waits."""
+    announced = False
+    while True:
+        try:
+            return await open_read_database(location)
+        except LedgerNotCreated:
+            if not wait:
+                raise
+            if not announced:
+                click.echo(f"waiting for a ledger at {location.display_url}")
+                announced = True
+            await asyncio.sleep(0.5)
+
+
 @click.command()
 @click.option("--follow", is_flag=True, help="Keep following the log until stopped.")
 @click.option(
@@ -203,7 +220,7 @@ def project(ctx: click.Context, follow: bool, from_scratch: bool) -> None:
     location = location_of(ctx)
 
     async def work() -> None:
-        db = await open_read_database(location)
+        db = await _open_when_ready(location, wait=follow)
         try:
             started = time.monotonic()
             applied = await (rebuild(db) if from_scratch else catch_up(db))

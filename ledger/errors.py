@@ -11,6 +11,7 @@ __all__ = [
     "JobFailed",
     "JobLoadError",
     "LedgerError",
+    "LedgerNotCreated",
     "LedgerUnavailable",
     "RunHeld",
     "Superseded",
@@ -35,6 +36,10 @@ class LedgerUnavailable(LedgerError):
         super().__init__(f"cannot use the ledger at {url}: {reason}; {fix}")
         self.url = url
         self.reason = reason
+
+
+class LedgerNotCreated(LedgerUnavailable):
+    """The store is reachable but holds no ledger yet."""
 
 
 class InputError(LedgerError):

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ledger.config import LedgerLocation
-from ledger.errors import LedgerUnavailable
+from ledger.errors import LedgerNotCreated, LedgerUnavailable
 from projections.database import PostgresDatabase, ReadDatabase, SQLiteDatabase
 from projections.runner import catch_up
 
@@ -24,7 +24,7 @@ async def open_read_database(location: LedgerLocation) -> ReadDatabase:
         # A read command on a path with no ledger is almost always a typo in
         # LEDGER_URL or the wrong folder; creating an empty one would hide it.
         if not location.sqlite_path.is_file():
-            raise LedgerUnavailable(
+            raise LedgerNotCreated(
                 location.url,
                 f"no ledger file at {location.sqlite_path} (from {os.getcwd()})",
                 "run a job first with `ledger run`, or point LEDGER_URL at the ledger",
@@ -37,7 +37,7 @@ async def open_read_database(location: LedgerLocation) -> ReadDatabase:
     # right now); reading it must not race its creation.
     if not await db.has_events_table():
         await db.close()
-        raise LedgerUnavailable(
+        raise LedgerNotCreated(
             location.display_url,
             "it holds no ledger yet",
             "run a job first with `ledger run`, or point LEDGER_URL at the ledger",
