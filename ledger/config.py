@@ -16,13 +16,22 @@ from urllib.parse import unquote, urlsplit
 
 from ledger.errors import LedgerUnavailable
 
-__all__ = ["DEFAULT_SQLITE_PATH", "EVENTS_TABLE", "LedgerLocation", "parse_ledger_url"]
+__all__ = [
+    "DEFAULT_SQLITE_PATH",
+    "EVENTS_TABLE",
+    "TRACKING_TABLE",
+    "LedgerLocation",
+    "parse_ledger_url",
+]
 
 DEFAULT_SQLITE_PATH = Path(".ledger") / "ledger.sqlite"
 
 # The library names the events table after the application on PostgreSQL
 # and uses a fixed name on SQLite; the read side needs both.
 EVENTS_TABLE = {"sqlite": "stored_events", "postgresql": "ledger_events"}
+
+# Where source positions (the library's tracking records) live.
+TRACKING_TABLE = {"sqlite": "tracking", "postgresql": "ledger_tracking"}
 
 
 @dataclass(frozen=True)

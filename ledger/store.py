@@ -8,7 +8,6 @@ inside a job's output, so an output failure cannot erase a resume marker.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -22,12 +21,13 @@ from eventsourcing.persistence import (
     StoredEvent,
     Transcoder,
 )
-from eventsourcing.postgres import PostgresApplicationRecorder
-from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.postgres import PostgresProcessRecorder
+from eventsourcing.sqlite import SQLiteProcessRecorder
+from psycopg.sql import SQL, Identifier
 
 from ledger import faults
 from ledger.codec import OrjsonTranscoder
-from ledger.config import LedgerLocation, parse_ledger_url
+from ledger.config import TRACKING_TABLE, LedgerLocation, parse_ledger_url
 from ledger.errors import LedgerUnavailable
 
 __all__ = [
@@ -50,26 +50,85 @@ class Ledger(Application[UUID]):
     def construct_transcoder(self) -> Transcoder:
         return OrjsonTranscoder()
 
+    def positions(self, prefix: str) -> dict[str, int]:
+        """Source positions recorded under names that start with `prefix`."""
+        recorder = self.recorder
+        assert isinstance(recorder, LedgerSQLiteRecorder | LedgerPostgresRecorder)
+        return recorder.select_positions(prefix)
 
-class _FaultySQLiteRecorder(SQLiteApplicationRecorder):
-    """Lets a crash test die inside the insert transaction, before commit."""
+
+class LedgerSQLiteRecorder(SQLiteProcessRecorder):
+    """The library's process recorder, with positions of several sources.
+
+    A save may carry `trackings`, a list of the library's tracking records
+    (one per source partition, holding the next position to read). They are
+    written in the save's transaction; one that does not move forward is
+    refused, and every event of the save with it.
+    """
 
     def _insert_events(
         self, c: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         ids = super()._insert_events(c, stored_events, **kwargs)
+        for tracking in kwargs.get("trackings", ()):
+            self._insert_tracking(c, tracking)
+
+        # A crash test can die here: rows written, nothing committed.
         faults.hit("in_checkpoint")
         return ids
 
+    def select_positions(self, prefix: str) -> dict[str, int]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT application_name, notification_id FROM tracking "
+                "WHERE substr(application_name, 1, ?) = ?",
+                (len(prefix), prefix),
+            )
+            return {row[0]: int(row[1]) for row in c.fetchall()}
 
-class _FaultyPostgresRecorder(PostgresApplicationRecorder):
-    """Lets a crash test die inside the insert transaction, before commit."""
+
+class LedgerPostgresRecorder(PostgresProcessRecorder):
+    """The PostgreSQL twin of LedgerSQLiteRecorder (same contract)."""
+
+    def __init__(
+        self,
+        datastore: Any,
+        *,
+        events_table_name: str = "ledger_events",
+        tracking_table_name: str = TRACKING_TABLE["postgresql"],
+    ) -> None:
+        super().__init__(
+            datastore,
+            events_table_name=events_table_name,
+            tracking_table_name=tracking_table_name,
+        )
 
     def _insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
+        # Positions first, as the library does: a refused one fails fast,
+        # before the events table is locked.
+        for tracking in kwargs.get("trackings", ()):
+            self._insert_tracking(curs, tracking=tracking)
         super()._insert_events(curs, stored_events, **kwargs)
         faults.hit("in_checkpoint")
+
+    def select_positions(self, prefix: str) -> dict[str, int]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT application_name, notification_id FROM {0}.{1} "
+                    "WHERE left(application_name, %s) = %s"
+                ).format(
+                    Identifier(self.datastore.schema),
+                    Identifier(self.tracking_table_name),
+                ),
+                (len(prefix), prefix),
+            )
+            return {
+                row["application_name"]: int(row["notification_id"])
+                for row in curs.fetchall()
+            }
 
 
 def store_env(location: LedgerLocation) -> dict[str, str]:
@@ -86,7 +145,7 @@ def store_env(location: LedgerLocation) -> dict[str, str]:
             POSTGRES_CONNECT_TIMEOUT="5",
             POSTGRES_LOCK_TIMEOUT="30",
         )
-        faulty: type = _FaultyPostgresRecorder
+        recorder: type = LedgerPostgresRecorder
     else:
         assert location.sqlite_path is not None
         env.update(
@@ -94,11 +153,8 @@ def store_env(location: LedgerLocation) -> dict[str, str]:
             SQLITE_DBNAME=str(location.sqlite_path),
             SQLITE_LOCK_TIMEOUT="30",
         )
-        faulty = _FaultySQLiteRecorder
-
-    # The failpoint recorder is only wired in when a test arms a fault.
-    if os.environ.get("LEDGER_FAULT"):
-        env["APPLICATION_RECORDER_TOPIC"] = f"{faulty.__module__}:{faulty.__name__}"
+        recorder = LedgerSQLiteRecorder
+    env["APPLICATION_RECORDER_TOPIC"] = f"{recorder.__module__}:{recorder.__name__}"
     return env
 
 
