@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
+import re
 import sqlite3
 import zipfile
 from collections import Counter
@@ -33,7 +35,16 @@ from typing import IO, Any, ClassVar
 
 import orjson
 
-from ledger import Checkpoint, InputError, Job, Record, Reject, RunContext, Step
+from ledger import (
+    Checkpoint,
+    InputError,
+    Job,
+    OutputLost,
+    Record,
+    Reject,
+    RunContext,
+    Step,
+)
 
 COLUMNS = (
     "year", "month", "day", "dep_time", "sched_dep_time", "dep_delay",
@@ -47,6 +58,10 @@ REQUIRED_INTS = {
 OPTIONAL_INTS = {"dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"}
 REQUIRED_TEXT = {"carrier", "origin", "dest", "time_hour"}
 MISSING = {"", "NA"}
+
+# ASCII digits only, and few enough to fit a 64-bit integer: Python's int()
+# would also take "1_000", other scripts' digits and numbers of any size.
+INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 def data_folder() -> Path:
@@ -78,7 +93,10 @@ def parse_row(line: str) -> dict[str, Any]:
     # The real file quotes nothing, so a plain split is exact and far faster;
     # a quoted line goes through the csv module.
     if '"' in line:
-        fields = next(csv.reader([line]), [])
+        try:
+            fields = next(csv.reader([line]), [])
+        except csv.Error as error:
+            raise Reject("malformed", f"not CSV: {error}", line[:500]) from None
     else:
         fields = line.rstrip("\r\n").split(",")
     if len(fields) != len(COLUMNS):
@@ -94,14 +112,13 @@ def parse_row(line: str) -> dict[str, Any]:
             if text in MISSING and name in OPTIONAL_INTS:
                 row[name] = None
                 continue
-            try:
-                row[name] = int(text)
-            except ValueError:
+            if not INTEGER.fullmatch(text):
                 raise Reject(
                     "malformed",
                     f"column {name} holds {text[:40]!r} where a number belongs",
-                    line.rstrip("\r\n"),
-                ) from None
+                    line.rstrip("\r\n")[:500],
+                )
+            row[name] = int(text)
         elif name in REQUIRED_TEXT and text in MISSING:
             raise Reject("malformed", f"column {name} is empty", line.rstrip("\r\n"))
         else:
@@ -114,6 +131,7 @@ class Output:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(
@@ -131,6 +149,27 @@ class Output:
                 plane_manufacturer TEXT, plane_model TEXT, plane_year INTEGER);
             """
         )
+
+        # The file this connection writes: if the path is deleted or replaced
+        # under us, writes would go to a file nobody can read any more.
+        self.identity = _identity(path)
+
+    def check_file(self, step: str, expected: int) -> None:
+        """Raises OutputLost if the path no longer names the file we write."""
+        if _identity(self.path) != self.identity:
+            raise OutputLost(step, str(self.path), expected, 0)
+
+    def count_staged(self, run_id: str, step: str) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM stage WHERE run_id = ? AND step = ?", (run_id, step)
+        ).fetchone()
+        return int(row[0])
+
+    def count_loaded(self, key_prefix: str) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM flights WHERE key LIKE ?", (f"{key_prefix}:%",)
+        ).fetchone()
+        return int(row[0])
 
     def stage(self, run_id: str, step: str, rows: Sequence[tuple[int, Any]]) -> int:
         with self.db:
@@ -163,6 +202,22 @@ class Output:
             (run_id, step),
         ).fetchone()
         return int(row[0]) if row and row[0] is not None else None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def verify_staged(output: Output, run_id: str, step: str, written: int) -> None:
+    """The staged rows a step's checkpoints record are all still there."""
+    output.check_file(step, written)
+    found = output.count_staged(run_id, step)
+    if found < written:
+        raise OutputLost(step, str(output.path), written, found)
 
 
 class Extract:
@@ -201,6 +256,10 @@ class Extract:
                 number = after.last_record
             for raw in stream:
                 offset += len(raw)
+
+                # A blank line (a trailing newline, say) is not a row.
+                if not raw.strip():
+                    continue
                 number += 1
                 yield Record(number=number, position=offset, data=raw)
 
@@ -216,6 +275,9 @@ class Extract:
     def write(self, outputs: Sequence[tuple[Record, Any]]) -> int:
         rows = [(record.number, row) for record, row in outputs]
         return self.output.stage(self.run_id, self.name, rows)
+
+    def verify(self, written: int) -> None:
+        verify_staged(self.output, self.run_id, self.name, written)
 
 
 class Enrich:
@@ -262,6 +324,9 @@ class Enrich:
         rows = [(record.number, row) for record, row in outputs]
         return self.output.stage(self.run_id, self.name, rows)
 
+    def verify(self, written: int) -> None:
+        verify_staged(self.output, self.run_id, self.name, written)
+
 
 class Load:
     name = "load"
@@ -307,6 +372,12 @@ class Load:
             )
         return len(outputs)
 
+    def verify(self, written: int) -> None:
+        self.output.check_file(self.name, written)
+        found = self.output.count_loaded(self.key_prefix)
+        if found < written:
+            raise OutputLost(self.name, str(self.output.path), written, found)
+
 
 def load_planes(path: Path) -> dict[str, dict[str, Any]]:
     with path.open(newline="", encoding="utf-8") as handle:
@@ -327,6 +398,7 @@ class FlightsImport(Job):
         "output": "out/flights.sqlite",
         "planes": "",
     }
+    path_parameters: ClassVar[frozenset[str]] = frozenset({"output", "planes"})
     counter_labels: ClassVar[dict[str, str]] = {"plane_unknown": "planes unknown"}
 
     def default_input(self) -> Path:
@@ -351,11 +423,12 @@ class FlightsImport(Job):
             else:
                 with path.open("rb") as stream:
                     header = stream.readline()
-        except (OSError, zipfile.BadZipFile) as error:
+        except (OSError, zipfile.BadZipFile, RuntimeError, ValueError) as error:
             raise InputError(
                 str(path), f"cannot be read ({error})", "pass a readable file"
             ) from error
-        found = header.decode("utf-8", "replace").strip().lstrip("\ufeff")
+        text = header.decode("utf-8", "replace").strip().lstrip("\ufeff")
+        found = ",".join(next(csv.reader([text]), []))
         if found != expected:
             raise InputError(
                 str(path),

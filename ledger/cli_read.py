@@ -39,7 +39,7 @@ def _run_and_attempts(
 ) -> Callable[[ReadDatabase], Awaitable[tuple[RunView, list[AttemptView]]]]:
     async def query(db: ReadDatabase) -> tuple[RunView, list[AttemptView]]:
         run = await find_run(db, run_ref)
-        return run, await list_attempts(db, run.run_id)
+        return run, await list_attempts(db, run.run_id, run.state)
 
     return query
 
@@ -120,8 +120,8 @@ def _time(value: str | None) -> str:
 
 
 def _resumed(resume: dict[str, Any] | None) -> str:
-    if not resume:
-        return "start"
+    if not resume or (not resume.get("after_record") and not resume.get("batch")):
+        return "start" if not resume else f"{resume['step']} from the start"
     if not resume.get("after_record"):
         return f"{resume['step']} batch {resume['batch']}"
     after = resume["after_record"]
@@ -162,7 +162,7 @@ def quarantine() -> None:
     "--limit",
     default=100,
     show_default=True,
-    type=click.IntRange(1),
+    type=click.IntRange(1, 1_000_000),
     help="Show at most this many records.",
 )
 @_json_option

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,12 +62,26 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def _keep_apart(job: Job, params: dict[str, Any], location: LedgerLocation) -> None:
-    """Refuses a job output that is the ledger's own file."""
-    if location.sqlite_path is None:
-        return
-    ledger_file = location.sqlite_path.resolve()
+    """Refuses a job output that is, or would clobber, the ledger's files."""
     for output in job.outputs(params):
-        if output.resolve() == ledger_file:
+        text = str(output)
+        if not text or text in (".", ":memory:") or "mode=memory" in text:
+            raise InputError(
+                text or "''",
+                "is not a file the output can live in",
+                "name an output file: an in-memory output is lost at exit",
+            )
+        if location.sqlite_path is None:
+            continue
+
+        # The ledger is its file plus SQLite's -wal, -shm and -journal
+        # files beside it; the same file may also be reached by a link.
+        ledger_file = location.sqlite_path.resolve()
+        resolved = output.resolve()
+        same = resolved.exists() and ledger_file.exists()
+        if str(resolved).startswith(str(ledger_file)) or (
+            same and os.path.samefile(resolved, ledger_file)
+        ):
             raise InputError(
                 str(output),
                 "is the ledger's own file",
@@ -118,7 +133,7 @@ def _execute(
 
 def _show_summary(summary: RunSummary, job: Job, *, as_json: bool) -> None:
     totals = summary.totals
-    last_step = _last_step(totals)
+    last_step = summary.steps[-1] if summary.steps else None
     if as_json:
         print_json(
             {
@@ -173,11 +188,6 @@ def _show_summary(summary: RunSummary, job: Job, *, as_json: bool) -> None:
     console.print(table)
 
 
-def _last_step(totals: dict[str, int]) -> str | None:
-    written = [name[: -len(".written")] for name in totals if name.endswith(".written")]
-    return written[-1] if written else None
-
-
 @click.command()
 @click.argument("job_ref", metavar="JOB_FILE_OR_MODULE")
 @click.option(
@@ -230,6 +240,11 @@ def run(
     path = input_path or job.default_input()
     if path is None:
         raise InputError(job_ref, "the job has no default input", "pass --input PATH")
+
+    # A job file is recorded by absolute path, so `ledger resume` finds it
+    # from any directory.
+    if Path(job_ref).is_file():
+        job_ref = str(Path(job_ref).resolve())
     _execute(
         location_of(ctx), job, job_ref, path, params,
         new_run=new_run, show_progress=not no_progress, as_json=as_json,
@@ -238,10 +253,22 @@ def run(
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
+@click.option(
+    "--max-quarantine-ratio",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Accept a larger share of rejected records per batch.",
+)
 @click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def resume(ctx: click.Context, run_ref: str, no_progress: bool, as_json: bool) -> None:
+def resume(
+    ctx: click.Context,
+    run_ref: str,
+    max_quarantine_ratio: float | None,
+    no_progress: bool,
+    as_json: bool,
+) -> None:
     """Resume a run from its resume point, with its own job, input and params."""
     from ledger.runtime import describe_input
     from projections.access import read
@@ -259,6 +286,13 @@ def resume(ctx: click.Context, run_ref: str, no_progress: bool, as_json: bool) -
             "job to resume, or start a new run with `ledger run`"
         )
     input_path = Path(view.input["path"])
+    if not input_path.is_file():
+        raise InputError(
+            str(input_path),
+            f"run {view.run_id[:8]}'s input is gone",
+            "put the same file back at that path to resume, or start a new run "
+            "on the new path with `ledger run`",
+        )
     source = describe_input(input_path)
     if source.sha256 != view.input["sha256"]:
         raise InputError(
@@ -266,7 +300,10 @@ def resume(ctx: click.Context, run_ref: str, no_progress: bool, as_json: bool) -
             "changed since the run started (sha256 differs)",
             "restore the original file, or start a new run with `ledger run`",
         )
+    params = dict(view.params)
+    if max_quarantine_ratio is not None:
+        params["max_quarantine_ratio"] = max_quarantine_ratio
     _execute(
-        location, job, view.job_ref, input_path, view.params,
+        location, job, view.job_ref, input_path, params,
         new_run=False, show_progress=not no_progress, as_json=as_json,
     )  # fmt: skip

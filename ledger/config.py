@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -21,6 +22,7 @@ __all__ = [
     "EVENTS_TABLE",
     "TRACKING_TABLE",
     "LedgerLocation",
+    "mask_secrets",
     "parse_ledger_url",
 ]
 
@@ -80,21 +82,49 @@ def parse_ledger_url(url: str | None = None) -> LedgerLocation:
     if raw.startswith(("postgresql://", "postgres://")):
         return _parse_postgres(raw)
 
-    # SQLite by URL or plain path.
+    # SQLite by URL or plain path. Anything shaped like a URL that is not one
+    # of ours is refused, so a typo never becomes a file named after it.
     if raw.startswith("sqlite:///"):
         path_text = raw[len("sqlite:///") :]
-    elif "://" in raw:
-        scheme = raw.split("://", 1)[0]
-        raise LedgerUnavailable(raw, f"unsupported scheme '{scheme}'")
+    elif _URL_LIKE.match(raw):
+        scheme = raw.split(":", 1)[0]
+        raise LedgerUnavailable(mask_secrets(raw), f"unsupported scheme '{scheme}'")
     else:
         path_text = raw
     if not path_text or path_text.endswith("/"):
         raise LedgerUnavailable(raw, "the SQLite URL names no file")
+    if ":memory:" in path_text or "mode=memory" in path_text:
+        raise LedgerUnavailable(
+            raw,
+            "an in-memory ledger is lost when the process ends",
+            "point LEDGER_URL at a file: checkpoints must survive crashes",
+        )
     return LedgerLocation(kind="sqlite", url=raw, sqlite_path=Path(path_text))
 
 
+# A scheme and a colon: `mysql://`, `postgresql:/` (one slash), `http:`.
+_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def mask_secrets(text: str) -> str:
+    """The text with any URL password or password parameter replaced."""
+    text = re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", text)
+    text = re.sub(r"(:/+[^:/@\s]*):[^@\s]*@", r"\1:***@", text)
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", text)
+
+
 def _parse_postgres(raw: str) -> LedgerLocation:
-    parts = urlsplit(raw)
+    shown = mask_secrets(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError as error:
+        raise LedgerUnavailable(shown, f"not a valid URL ({error})") from error
+    if parts.query or parts.fragment:
+        raise LedgerUnavailable(
+            shown,
+            "query options are not supported",
+            "put user, password, host, port and database in the URL itself",
+        )
     dbname = parts.path.lstrip("/")
     missing = [
         name
@@ -105,7 +135,6 @@ def _parse_postgres(raw: str) -> LedgerLocation:
         )
         if not value
     ]
-    shown = raw.replace(f":{parts.password}@", ":***@") if parts.password else raw
     if missing:
         raise LedgerUnavailable(shown, f"the URL has no {', '.join(missing)}")
     try:

@@ -13,6 +13,7 @@ __all__ = [
     "LedgerError",
     "LedgerNotCreated",
     "LedgerUnavailable",
+    "OutputLost",
     "RunHeld",
     "Superseded",
     "UnknownRun",
@@ -51,6 +52,21 @@ class InputError(LedgerError):
         self.problem = problem
 
 
+class OutputLost(LedgerError):
+    """The output no longer holds work the ledger's checkpoints record."""
+
+    def __init__(self, step: str, where: str, expected: int, found: int) -> None:
+        super().__init__(
+            f"the output of step {step} at {where} holds {found:,} records but "
+            f"the ledger's checkpoints record {expected:,} written: it was "
+            "deleted, replaced or rolled back, so resuming would skip work; "
+            "restore the output, or start over with `ledger run ... --new-run`"
+        )
+        self.step = step
+        self.expected = expected
+        self.found = found
+
+
 class JobLoadError(LedgerError):
     """A job file or module could not be loaded."""
 
@@ -69,8 +85,8 @@ class RunHeld(LedgerError):
 
     def __init__(self, run_id: str, holder: str) -> None:
         super().__init__(
-            f"run {run_id} is being worked on by {holder}; wait for it to "
-            "finish, or stop that worker and run the same command again"
+            f"run {run_id} is held by a live worker ({holder}); wait for it "
+            "to finish, or stop that worker and run the same command again"
         )
         self.run_id = run_id
         self.holder = holder

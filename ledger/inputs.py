@@ -16,7 +16,13 @@ import orjson
 from ledger.errors import InputError
 from ledger.job import InputVersion, Job
 
-__all__ = ["RUNTIME_PARAMETERS", "describe_input", "input_key", "resolve_params"]
+__all__ = [
+    "GUARD_PARAMETERS",
+    "RUNTIME_PARAMETERS",
+    "describe_input",
+    "input_key",
+    "resolve_params",
+]
 
 # Parameters every job has, next to its own.
 RUNTIME_PARAMETERS: dict[str, Any] = {
@@ -26,6 +32,10 @@ RUNTIME_PARAMETERS: dict[str, Any] = {
     # file or a broken rule, not bad records.
     "max_quarantine_ratio": 0.2,
 }
+
+# Guards steer how a run may proceed, not what it computes: changing one
+# (say, to accept more rejects after a review) resumes the same run.
+GUARD_PARAMETERS = frozenset({"max_quarantine_ratio"})
 
 
 def resolve_params(job: Job, overrides: dict[str, str]) -> dict[str, Any]:
@@ -38,6 +48,19 @@ def resolve_params(job: Job, overrides: dict[str, str]) -> dict[str, Any]:
                 f"--param {name}", "unknown parameter", f"use one of: {known}"
             )
         params[name] = _convert(name, text, params[name])
+
+    # Paths are recorded absolute: a resume from another directory must
+    # reopen the same files, never new ones next to it.
+    for name in job.path_parameters:
+        value = str(params.get(name) or "")
+        if ":memory:" in value or "mode=memory" in value:
+            raise InputError(
+                f"--param {name}={value}",
+                "names an in-memory database, lost when the process ends",
+                "name a file",
+            )
+        if value:
+            params[name] = str(Path(value).expanduser().resolve())
     if int(params["batch_size"]) < 1:
         raise InputError("--batch-size", "must be at least 1", "pass a positive size")
     if not 0 <= float(params["max_quarantine_ratio"]) <= 1:
@@ -93,7 +116,11 @@ def input_key(job: Job, source: InputVersion, params: dict[str, Any]) -> str:
             "job": job.name,
             "version": job.version,
             "sha256": source.sha256,
-            "params": params,
+            "params": {
+                name: value
+                for name, value in params.items()
+                if name not in GUARD_PARAMETERS
+            },
         },
         option=orjson.OPT_SORT_KEYS,
     )

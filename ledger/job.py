@@ -99,6 +99,13 @@ class Step(Protocol):
         """The source's end position, for progress; None when unknown."""
         ...
 
+    def verify(self, written: int) -> None:
+        """Raises OutputLost when the output holds fewer than `written`
+        records of this step: the ledger's checkpoints would then claim
+        work that is no longer there. Optional; a step without it is
+        trusted."""
+        ...
+
 
 class Job(ABC):
     """A named, versioned piece of work made of steps."""
@@ -109,6 +116,9 @@ class Job(ABC):
     # Defaults for the job's own parameters; `--param NAME=VALUE` overrides
     # them, converted to the default's type.
     parameters: ClassVar[dict[str, Any]] = {}
+
+    # Parameters that name files; recorded as absolute paths.
+    path_parameters: ClassVar[frozenset[str]] = frozenset()
 
     # Labels for the counters steps keep, shown in the summary.
     counter_labels: ClassVar[dict[str, str]] = {}

@@ -20,8 +20,8 @@ from uuid import UUID, uuid4
 
 import structlog
 
-from ledger.attempt import Attempt, NoProgress, ProgressSink, save_run
-from ledger.errors import InputError, RunHeld
+from ledger.attempt import Attempt, NoProgress, ProgressSink, save_run, verify_output
+from ledger.errors import InputError, LedgerError, RunHeld
 from ledger.input_runs import InputRuns, input_runs_id
 from ledger.inputs import (
     RUNTIME_PARAMETERS,
@@ -56,6 +56,7 @@ class RunSummary:
     attempt: int
     resumed_from: ResumePoint | None
     already_completed: bool = False
+    steps: list[str] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     batches: int = 0
@@ -85,10 +86,12 @@ def run_job(
 
     # Open the job's output, then start or claim the run, then work.
     context = RunContext(run_id=run.id if run else uuid4(), input=source, params=params)
-    steps = job.open(context)
+    steps = _open_job(job, context)
     try:
         _check_steps(job, steps, run)
-    except InputError:
+        if run is not None:
+            verify_output(run, steps)
+    except LedgerError:
         job.close(context, completed=False)
         raise
     completed = False
@@ -108,7 +111,9 @@ def run_job(
             index = index or InputRuns.create(job.name, key)
             index.add_run(run.id)
         attempt, resumed_from, events = _claim(ledger, run, index)
-        worker = Attempt(ledger, run, attempt, steps, progress, events, job.redact)
+        worker = Attempt(
+            ledger, run, attempt, steps, progress, events, job.redact, params
+        )
         worker.work()
         completed = True
     finally:
@@ -120,6 +125,20 @@ def run_job(
     summary.resumed_from = resumed_from
     summary.events_written = worker.events
     return summary
+
+
+def _open_job(job: Job, context: RunContext) -> Sequence[Step]:
+    """The job's steps; a job that cannot open is bad input, not a crash."""
+    try:
+        return job.open(context)
+    except LedgerError:
+        raise
+    except Exception as error:
+        raise InputError(
+            job.name,
+            f"could not open its input or output ({type(error).__name__}: {error})",
+            "check the job's --param values and the files they name",
+        ) from error
 
 
 def _check_steps(job: Job, steps: Sequence[Step], run: Run | None) -> None:
@@ -157,9 +176,9 @@ def _find_run(
         index: InputRuns = ledger.repository.get(input_runs_id(key))
     except AggregateNotFoundError:
         return None, None
-    latest: Run = ledger.repository.get(UUID(index.run_ids[-1]))
-    if latest.is_completed and new_run:
+    if new_run:
         return None, index
+    latest: Run = ledger.repository.get(UUID(index.run_ids[-1]))
     return latest, index
 
 
@@ -207,6 +226,7 @@ def _summary(
         attempt=run.attempt,
         resumed_from=None,
         already_completed=already_completed,
+        steps=list(run.steps),
         totals=dict(run.totals),
         quarantined_by_reason=dict(run.quarantined_by_reason),
         batches=sum(run.batches_done.values()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -29,7 +30,13 @@ async def open_read_database(location: LedgerLocation) -> ReadDatabase:
                 f"no ledger file at {location.sqlite_path} (from {os.getcwd()})",
                 "run a job first with `ledger run`, or point LEDGER_URL at the ledger",
             )
-        db: ReadDatabase = SQLiteDatabase(location.sqlite_path, table)
+        try:
+            db: ReadDatabase = SQLiteDatabase(location.sqlite_path, table)
+            await db.has_events_table()
+        except sqlite3.DatabaseError as error:
+            raise LedgerUnavailable(
+                location.url, str(error), "check LEDGER_URL names a ledger file"
+            ) from error
     else:
         db = await _connect_postgres(location, table)
 
@@ -70,4 +77,12 @@ def read(location: LedgerLocation, query: Callable[[ReadDatabase], Awaitable[T]]
         finally:
             await db.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except sqlite3.DatabaseError as error:
+        raise LedgerUnavailable(
+            location.display_url,
+            str(error),
+            "check LEDGER_URL names a ledger file; the read tables live in it, "
+            "so a read-only ledger must be copied somewhere writable first",
+        ) from error

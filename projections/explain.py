@@ -96,6 +96,16 @@ def explain(run: RunView, attempts: list[AttemptView]) -> str:
 
     if run.state == "failed" and run.failure is not None:
         failure = run.failure
+        if failure["error_class"] == "TooManyRejected":
+            recover = f"`ledger resume {short_id(run.run_id)} --max-quarantine-ratio 1`"
+            return (
+                f"{name} stopped on attempt {run.attempts} in step "
+                f"{failure['step']}, batch {failure['batch']}, because the batch "
+                f"rejected too many records ({_clip(failure['error_message'])}); "
+                f"{_done(run)}, {_quarantine(run)}; check the input is the file "
+                f"you meant; if those records really are bad, quarantine them "
+                f"and go on from {resume} with {recover}."
+            )
         where = f"in step {failure['step']}" if failure["step"] else "before any step"
         if failure["batch"] is not None:
             where += f", batch {failure['batch']}"

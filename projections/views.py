@@ -221,11 +221,15 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
 
 
 async def list_runs(db: ReadDatabase, job: str | None = None) -> list[RunView]:
-    """Every job's latest run; with a job, that job's runs, newest first."""
+    """Every job's latest run and every unfinished one; with a job, that
+    job's runs, newest first."""
     if job is None:
+        # A failed run stays in view after a newer run of the same job on
+        # other input: it still needs a decision.
         rows = await db.fetch(
-            "SELECT * FROM proj_runs r WHERE started_at = "
-            "(SELECT MAX(started_at) FROM proj_runs WHERE job = r.job) ORDER BY job"
+            "SELECT * FROM proj_runs r WHERE state <> 'completed' OR started_at = "
+            "(SELECT MAX(started_at) FROM proj_runs WHERE job = r.job) "
+            "ORDER BY job, started_at"
         )
     else:
         rows = await db.fetch(
@@ -238,6 +242,10 @@ async def list_runs(db: ReadDatabase, job: str | None = None) -> list[RunView]:
 async def find_run(db: ReadDatabase, run_ref: str) -> RunView:
     """The run with this id, or the one run whose id starts with it."""
     ref = run_ref.strip().lower()
+
+    # A full id pasted without its dashes is still that id.
+    if len(ref) == 32 and "-" not in ref:
+        ref = f"{ref[:8]}-{ref[8:12]}-{ref[12:16]}-{ref[16:20]}-{ref[20:]}"
     if len(ref) < 4 or not all(c in "0123456789abcdef-" for c in ref):
         raise UnknownRun(run_ref, "a run id is hex; give at least 4 of its characters")
     rows = await db.fetch(
@@ -252,10 +260,15 @@ async def find_run(db: ReadDatabase, run_ref: str) -> RunView:
     return await _run_view(db, rows[0])
 
 
-async def list_attempts(db: ReadDatabase, run_id: str) -> list[AttemptView]:
+async def list_attempts(
+    db: ReadDatabase, run_id: str, run_state: str | None = None
+) -> list[AttemptView]:
+    """A run's attempts; an open one whose worker is gone shows as such."""
     rows = await db.fetch(
         "SELECT * FROM proj_attempts WHERE run_id = $1 ORDER BY attempt", run_id
     )
+    if run_state == "interrupted" and rows and rows[-1]["outcome"] == "running":
+        rows[-1] = {**rows[-1], "outcome": "interrupted"}
     return [
         AttemptView(
             run_id=r["run_id"],

@@ -94,6 +94,7 @@ class Store:
 class NumbersJob(Job):
     name = "numbers"
     version = "1"
+    path_parameters: ClassVar[frozenset[str]] = frozenset({"output"})
     parameters: ClassVar[dict[str, Any]] = {
         "output": "numbers.sqlite",
         "fail_marker": "",
@@ -103,7 +104,13 @@ class NumbersJob(Job):
     }
 
     def check_input(self, path: Path) -> None:
-        if not path.read_text().strip():
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise InputError(
+                str(path), "is not UTF-8 text", "pass a file of numbers"
+            ) from None
+        if not text.strip():
             raise InputError(str(path), "is empty", "pass a file of numbers")
 
     def outputs(self, params: dict[str, Any]) -> list[Path]:

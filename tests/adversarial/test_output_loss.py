@@ -1,0 +1,222 @@
+"""Adversarial: output failures that end in a "completed" run with rows missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import FLIGHTS_JOB, LEDGER, make_flights_zip
+from helpers import flights_rows, run_cli, status_json
+
+ROWS = 3000
+
+
+def _failed_in_enrich(tmp_path: Path, url: str, output: str, cwd: Path) -> Path:
+    source = make_flights_zip(tmp_path / "f.zip", ROWS, malformed=False)
+    killed = run_cli(
+        [
+            "run",
+            str(FLIGHTS_JOB),
+            "--input",
+            str(source),
+            "--batch-size",
+            "500",
+            "--param",
+            f"output={output}",
+            "--no-progress",
+        ],
+        url,
+        cwd,
+        env={"LEDGER_FAULT": "after_checkpoint:enrich:1"},
+    )
+    assert killed.returncode == -9, killed.stderr
+    return source
+
+
+def test_output_deleted_between_attempts_completes_with_missing_rows(
+    tmp_path: Path,
+) -> None:
+    """Guards against: deleting the output after a crash makes the restart 'complete'
+    with 0 of 2,982 rows loaded.
+    """
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    output = tmp_path / "out" / "flights.sqlite"
+    source = _failed_in_enrich(tmp_path, url, str(output), tmp_path)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{output}{suffix}").unlink(missing_ok=True)
+    again = run_cli(
+        [
+            "run",
+            str(FLIGHTS_JOB),
+            "--input",
+            str(source),
+            "--batch-size",
+            "500",
+            "--param",
+            f"output={output}",
+            "--no-progress",
+            "--json",
+        ],
+        url,
+        tmp_path,
+    )
+    # Either refuse (staging is gone) or redo the work: never 'completed'
+    # with rows missing.
+    assert again.returncode != 0 or flights_rows(output) == 2982, (
+        again.stdout[-400:],
+        flights_rows(output),
+    )
+
+
+def test_resume_from_other_directory_completes_with_missing_rows(
+    tmp_path: Path,
+) -> None:
+    """Guards against: `ledger resume RUN` from another directory reopens a relative
+    output there and completes with 0 rows.
+    """
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    _failed_in_enrich(tmp_path, url, "out/flights.sqlite", tmp_path)
+    run_id = status_json(url, tmp_path)[0]["run_id"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = run_cli(["resume", run_id[:8], "--no-progress"], url, elsewhere)
+    loaded = max(
+        flights_rows(tmp_path / "out" / "flights.sqlite"),
+        flights_rows(elsewhere / "out" / "flights.sqlite"),
+    )
+    assert resumed.returncode != 0 or loaded == 2982, (resumed.stdout[-400:], loaded)
+
+
+def test_summary_rows_loaded_counts_another_step(tmp_path: Path) -> None:
+    """Guards against: the run summary's 'rows loaded' shows enrich's count when load
+    wrote nothing.
+    """
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    output = tmp_path / "out" / "flights.sqlite"
+    source = _failed_in_enrich(tmp_path, url, str(output), tmp_path)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{output}{suffix}").unlink(missing_ok=True)
+    again = run_cli(
+        [
+            "run",
+            str(FLIGHTS_JOB),
+            "--input",
+            str(source),
+            "--batch-size",
+            "500",
+            "--param",
+            f"output={output}",
+            "--no-progress",
+        ],
+        url,
+        tmp_path,
+    )
+    # Refusing to resume onto a lost output is right; a summary, if any,
+    # must count what the load step wrote.
+    if again.returncode != 0:
+        assert "holds 0 records" in again.stderr, again.stderr
+        return
+    lines = again.stdout.splitlines()
+    loaded_line = next(line for line in lines if "rows loaded" in line)
+    shown = int("".join(c for c in loaded_line if c.isdigit()))
+    assert shown == flights_rows(output), loaded_line
+
+
+def test_output_deleted_while_running_is_reported_completed(tmp_path: Path) -> None:
+    """Guards against: a WAL-mode output deleted mid-run is silently lost: the run
+    completes with exit 0 and no output.
+    """
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    source = make_flights_zip(tmp_path / "f.zip", 60000, malformed=False)
+    output = tmp_path / "out" / "flights.sqlite"
+    proc = subprocess.Popen(
+        [
+            *LEDGER,
+            "run",
+            str(FLIGHTS_JOB),
+            "--input",
+            str(source),
+            "--batch-size",
+            "500",
+            "--param",
+            f"output={output}",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "LEDGER_URL": url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not output.exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the job ended before the output could be deleted"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{output}{suffix}").unlink(missing_ok=True)
+    out, _err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 or flights_rows(output) > 0, (
+        proc.returncode,
+        out[-300:],
+    )
+
+
+def test_output_equal_to_ledger_wal_destroys_the_ledger(tmp_path: Path) -> None:
+    """Guards against: `--param output=.ledger/ledger.sqlite-wal` is accepted and
+    corrupts the whole ledger.
+    """
+    source = make_flights_zip(tmp_path / "f.zip", ROWS)
+    first = run_cli(
+        [
+            "run",
+            str(FLIGHTS_JOB),
+            "--input",
+            str(source),
+            "--param",
+            "output=out/a.sqlite",
+            "--no-progress",
+        ],
+        "",
+        tmp_path,
+    )
+    assert first.returncode == 0, first.stderr
+    run_cli(
+        [
+            "run",
+            str(FLIGHTS_JOB),
+            "--input",
+            str(source),
+            "--param",
+            "output=.ledger/ledger.sqlite-wal",
+            "--no-progress",
+        ],
+        "",
+        tmp_path,
+    )
+    status = run_cli(["status", "--json"], "", tmp_path)
+    assert status.returncode == 0, status.stderr[-300:]
+
+
+def test_output_in_memory_is_accepted_and_lost(tmp_path: Path) -> None:
+    """Guards against: `--param output=:memory:` is accepted; the run completes and
+    nothing is written anywhere.
+    """
+    source = make_flights_zip(tmp_path / "f.zip", ROWS)
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    result = run_cli(
+        [
+            "run",
+            str(FLIGHTS_JOB),
+            "--input",
+            str(source),
+            "--param",
+            "output=:memory:",
+            "--no-progress",
+        ],
+        url,
+        tmp_path,
+    )
+    assert result.returncode == 2, result.stdout[-300:]
