@@ -92,11 +92,18 @@ def _attempt_started(run_id: str, e: dict[str, Any]) -> list[Statement]:
 
 def _attempt_crashed(run_id: str, e: dict[str, Any]) -> list[Statement]:
     return [
+        # The attempt ended when its worker last recorded anything, not
+        # when the next worker noticed; the notice time goes in the message.
         (
-            "UPDATE proj_attempts SET outcome = 'crashed', ended_at = $3, "
-            "error_class = 'WorkerLost', error_message = $4 "
+            "UPDATE proj_attempts SET outcome = 'crashed', "
+            "ended_at = (SELECT updated_at FROM proj_runs WHERE run_id = $1), "
+            "error_class = 'WorkerLost', error_message = $3 "
             "WHERE run_id = $1 AND attempt = $2",
-            (run_id, e["attempt"], e["timestamp"], e["evidence"]),
+            (
+                run_id,
+                e["attempt"],
+                f"{e['evidence']} (found at {e['timestamp'][:19]}Z)",
+            ),
         ),
         (
             "UPDATE proj_runs SET state = 'crashed', updated_at = $2 WHERE run_id = $1",
