@@ -8,8 +8,10 @@ the reader judges.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -19,17 +21,22 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
 
 import orjson
 
 __all__ = [
     "BENCH",
     "CACHE",
+    "FLIGHTS_JOB",
     "REPO",
     "RESULTS",
+    "CommandFailed",
+    "Measured",
     "environment",
     "ledger_command",
+    "load_flights_module",
     "ratio",
     "summarize",
     "time_command",
@@ -40,6 +47,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 CACHE = BENCH / ".cache"
 RESULTS = BENCH / "results"
+FLIGHTS_JOB = REPO / "examples" / "flights.py"
 
 
 class CommandFailed(RuntimeError):
@@ -65,13 +73,43 @@ def ledger_command() -> str:
     return str(script)
 
 
+def load_flights_module() -> ModuleType:
+    """examples/flights.py, imported from its path as `ledger run` does."""
+    spec = importlib.util.spec_from_file_location("bench_flights_job", FLIGHTS_JOB)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {FLIGHTS_JOB} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class Measured(NamedTuple):
+    """One run of a command: wall and CPU seconds, and what it printed."""
+
+    wall_s: float
+    cpu_s: float
+    stdout: str
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def time_command(
     argv: Sequence[str],
     *,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
-) -> tuple[float, str]:
-    """Wall seconds of one run of a command, and its stdout."""
+) -> Measured:
+    """One run of a command, timed from outside.
+
+    CPU seconds (user + system, of the command and its children) barely
+    move when something else shares the machine; wall seconds do, but
+    include the waits for disk flushes that CPU time leaves out.
+    """
+    cpu_before = _children_cpu()
     started = time.perf_counter()
     done = subprocess.run(
         list(argv),
@@ -82,11 +120,12 @@ def time_command(
         check=False,
     )
     elapsed = time.perf_counter() - started
+    cpu = _children_cpu() - cpu_before
 
     # A failing command is usually fast; timing it would flatter it.
     if done.returncode != 0:
         raise CommandFailed(argv, done.returncode, done.stderr)
-    return elapsed, done.stdout
+    return Measured(elapsed, cpu, done.stdout)
 
 
 def summarize(samples: Sequence[float]) -> dict[str, Any]:

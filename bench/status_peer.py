@@ -52,7 +52,8 @@ def last_checkpoints(path: str, *, filter_in_sql: bool = False) -> dict[str, Any
                 last[jobs[run_id]] = event
 
     return {
-        job: {name: event[name] for name in FIELDS} for job, event in sorted(last.items())
+        job: {name: event[name] for name in FIELDS}
+        for job, event in sorted(last.items())
     }
 
 

@@ -7,6 +7,7 @@ on stderr naming the fix and a non-zero exit code.
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any, NoReturn
 
@@ -61,4 +62,7 @@ for _command in (run, resume, status, history, explain_cmd, quarantine, project)
 
 
 def main() -> None:
+    # Everything imported so far lives as long as the process: keeping it out
+    # of the collector's sweeps saves several percent on long jobs.
+    gc.freeze()
     cli(prog_name="ledger")

@@ -128,6 +128,12 @@ def _execute(
                 )  # fmt: skip
         else:
             summary = run_job(ledger, job, job_ref, source, params, new_run=new_run)
+
+    # Keep the read tables current, so the next `ledger status` answers at
+    # once instead of projecting this run's events first.
+    from projections.access import catch_up_quietly
+
+    catch_up_quietly(location)
     _show_summary(summary, job, as_json=as_json)
 
 

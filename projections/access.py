@@ -3,19 +3,52 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+import click
 
 from ledger.config import LedgerLocation
 from ledger.errors import LedgerNotCreated, LedgerUnavailable
 from projections.database import PostgresDatabase, ReadDatabase, SQLiteDatabase
 from projections.runner import catch_up
 
-__all__ = ["open_read_database", "read"]
+__all__ = ["catch_up_quietly", "open_read_database", "read"]
 
 T = TypeVar("T")
+
+
+async def _catch_up_unless_busy(db: ReadDatabase) -> None:
+    """Catches up; if a writer holds the ledger too long, answers from the
+    tables as they are and says so, rather than failing the read."""
+    try:
+        await catch_up(db)
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error):
+            raise
+        click.echo(
+            "warning: the ledger is busy; this answer may miss its newest "
+            "events (run `ledger project` to catch up)",
+            err=True,
+        )
+
+
+def catch_up_quietly(location: LedgerLocation) -> None:
+    """Brings the read tables up to date after a run, best effort: a later
+    read command catches up anyway if this cannot."""
+
+    async def run() -> None:
+        db = await open_read_database(location)
+        try:
+            await catch_up(db)
+        finally:
+            await db.close()
+
+    with contextlib.suppress(LedgerUnavailable, sqlite3.Error, OSError):
+        asyncio.run(run())
 
 
 async def open_read_database(location: LedgerLocation) -> ReadDatabase:
@@ -72,7 +105,7 @@ def read(location: LedgerLocation, query: Callable[[ReadDatabase], Awaitable[T]]
     async def run() -> T:
         db = await open_read_database(location)
         try:
-            await catch_up(db)
+            await _catch_up_unless_busy(db)
             return await query(db)
         finally:
             await db.close()

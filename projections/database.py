@@ -37,6 +37,8 @@ class ReadDatabase(Protocol):
 
     async def has_events_table(self) -> bool: ...
 
+    async def has_table(self, name: str) -> bool: ...
+
     async def max_event_id(self) -> int: ...
 
     async def events_after(self, last_id: int, limit: int) -> list[StoredRow]: ...
@@ -51,13 +53,24 @@ def _to_sqlite(sql: str) -> str:
     return _PARAM.sub(r"?\1", sql)
 
 
+def _dashed(hex_id: str) -> str:
+    if len(hex_id) != 32:
+        return str(UUID(hex_id))
+    h = hex_id.lower()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 class SQLiteDatabase:
     kind = "sqlite"
 
-    def __init__(self, path: Path, events_table: str) -> None:
+    def __init__(
+        self, path: Path, events_table: str, busy_timeout: float = 5.0
+    ) -> None:
         self.events_table = events_table
+        # A read command waits a few seconds for a busy writer, then answers
+        # from the tables as they are; the follower waits as long as needed.
         self.conn = sqlite3.connect(
-            path, isolation_level=None, timeout=30, check_same_thread=False
+            path, isolation_level=None, timeout=busy_timeout, check_same_thread=False
         )
         self.conn.row_factory = sqlite3.Row
         self._statements: dict[str, str] = {}
@@ -89,6 +102,12 @@ class SQLiteDatabase:
     async def has_events_table(self) -> bool:
         return self._has_events_table()
 
+    async def has_table(self, name: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return row is not None
+
     def _has_events_table(self) -> bool:
         row = self.conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
@@ -110,8 +129,9 @@ class SQLiteDatabase:
             "WHERE rowid > ? ORDER BY rowid LIMIT ?",
             (last_id, limit),
         )
-        # The library stores ids as bare hex on SQLite.
-        return [(r[0], str(UUID(r[1])), r[2], r[3]) for r in rows]
+        # The library stores ids as bare hex on SQLite; slicing gives the
+        # dashed form without building a UUID per event.
+        return [(r[0], _dashed(r[1]), r[2], r[3]) for r in rows]
 
     async def close(self) -> None:
         self.conn.close()
@@ -149,7 +169,10 @@ class PostgresDatabase:
             yield self
 
     async def has_events_table(self) -> bool:
-        found = await self.conn.fetchval("SELECT to_regclass($1)", self.events_table)
+        return await self.has_table(self.events_table)
+
+    async def has_table(self, name: str) -> bool:
+        found = await self.conn.fetchval("SELECT to_regclass($1)", name)
         return found is not None
 
     async def max_event_id(self) -> int:

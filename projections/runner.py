@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Callable
 
 import orjson
@@ -26,6 +27,10 @@ PASS_SIZE = 2000
 
 
 async def ensure_tables(db: ReadDatabase) -> None:
+    """Creates the read tables once; a plain read when they exist, so that
+    a read command never waits for the write lock just to look."""
+    if await db.has_table("proj_position"):
+        return
     async with db.writing():
         for statement in DDL:
             await db.execute(statement)
@@ -82,7 +87,13 @@ async def follow_loop(
     """Keeps the read tables current until `stop` is set."""
     stop = stop or asyncio.Event()
     while not stop.is_set():
-        applied = await catch_up(db)
+        try:
+            applied = await catch_up(db)
+        except sqlite3.OperationalError as error:
+            # A writer held the ledger past the busy timeout: try next pass.
+            if "locked" not in str(error):
+                raise
+            applied = 0
         if on_pass is not None:
             on_pass(applied, await position(db))
         if applied == 0:

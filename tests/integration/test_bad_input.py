@@ -10,6 +10,8 @@ import pytest
 from conftest import FLIGHTS_JOB, NUMBERS_JOB, ledger_command, write_numbers
 
 from ledger.config import parse_ledger_url
+from ledger.loader import load_job
+from ledger.runtime import describe_input, resolve_params, run_job
 from ledger.store import opened
 
 
@@ -172,3 +174,30 @@ def test_wrong_file_with_right_header_fails_the_step(
     assert runs[0]["state"] == "failed"
     assert runs[0]["failure"]["error_class"] == "TooManyRejected"
     assert runs[0]["quarantined"] == 0
+
+
+def test_status_answers_while_a_writer_holds_the_ledger(
+    recorded: str, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    # A run the read tables have not seen (the library, unlike `ledger run`,
+    # leaves them alone), then a writer that holds the lock: status must
+    # answer from the tables as they are, and say so.
+    job = load_job(str(NUMBERS_JOB))
+    numbers = write_numbers(tmp_path / "more.txt", 5)
+    params = resolve_params(job, {"output": str(tmp_path / "m.sqlite")})
+    with opened(parse_ledger_url(recorded)) as ledger:
+        run_job(ledger, job, str(NUMBERS_JOB), describe_input(numbers), params)
+    path = parse_ledger_url(recorded).sqlite_path
+    assert path is not None
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        result = ledger_command(["status", "--json"], url=recorded, cwd=tmp_path)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert result.returncode == 0, result.stderr
+    assert "the ledger is busy" in result.stderr
+    assert orjson.loads(result.stdout)[0]["job"] == "numbers"

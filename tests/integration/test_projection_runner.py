@@ -10,7 +10,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import LEDGER, NUMBERS_JOB, ledger_command, write_numbers
+from conftest import LEDGER, NUMBERS_JOB, write_numbers
+
+from ledger.config import parse_ledger_url
+from ledger.loader import load_job
+from ledger.runtime import describe_input, resolve_params, run_job
+from ledger.store import opened
 
 pytestmark = pytest.mark.postgres
 
@@ -24,27 +29,44 @@ def _projected_state(url: str) -> list[tuple[str, int]]:
         return [(str(state), int(attempts)) for state, attempts in rows]
 
 
+def _wait_for_line(process: subprocess.Popen[str], text: str) -> None:
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if text in line:
+            return
+        if not line and process.poll() is not None:
+            break
+    pytest.fail(f"the follower never printed {text!r}")
+
+
 def test_follow_keeps_read_tables_current(postgres_url: str, tmp_path: Path) -> None:
-    env = {**os.environ, "LEDGER_URL": postgres_url}
+    location = parse_ledger_url(postgres_url)
+    with opened(location):
+        pass  # creates the ledger's tables, as a first job would
+
     follower = subprocess.Popen(
         [*LEDGER, "project", "--follow"],
         cwd=tmp_path,
-        env=env,
+        env={**os.environ, "LEDGER_URL": postgres_url},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        numbers = write_numbers(tmp_path / "n.txt", 40)
-        done = ledger_command(
-            ["run", str(NUMBERS_JOB), "--input", str(numbers), "--batch-size", "10",
-             "--param", f"output={tmp_path / 'o.sqlite'}"],
-            url=postgres_url, cwd=tmp_path,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+        _wait_for_line(follower, "following the log")
 
-        # Nothing but the follower reads the log here, so only it can bring
-        # the read tables to the completed run.
+        # The job runs through the library, which never touches the read
+        # tables: only the follower can bring them to the completed run.
+        job = load_job(str(NUMBERS_JOB))
+        numbers = write_numbers(tmp_path / "n.txt", 40)
+        params = resolve_params(
+            job, {"batch_size": "10", "output": str(tmp_path / "o.sqlite")}
+        )
+        with opened(location) as ledger:
+            run_job(ledger, job, str(NUMBERS_JOB), describe_input(numbers), params)
+
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if _projected_state(postgres_url) == [("completed", 1)]:
@@ -54,5 +76,4 @@ def test_follow_keeps_read_tables_current(postgres_url: str, tmp_path: Path) -> 
         assert follower.poll() is None
     finally:
         follower.send_signal(signal.SIGINT)
-        out, err = follower.communicate(timeout=30)
-    assert "following the log" in out, err
+        follower.communicate(timeout=30)
