@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from ledger.runtime import RunSummary
 
 __all__ = ["resume", "run"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _RichProgress:
@@ -194,6 +197,16 @@ def _show_summary(summary: RunSummary, job: Job, *, as_json: bool) -> None:
     console.print(table)
 
 
+def _output_options(command: F) -> F:
+    """The options every working command shares: progress and JSON."""
+    command = click.option(
+        "--json", "as_json", is_flag=True, help="Print the summary as JSON."
+    )(command)
+    return click.option(
+        "--no-progress", is_flag=True, help="Do not draw progress bars."
+    )(command)
+
+
 @click.command()
 @click.argument("job_ref", metavar="JOB_FILE_OR_MODULE")
 @click.option(
@@ -220,10 +233,10 @@ def _show_summary(summary: RunSummary, job: Job, *, as_json: bool) -> None:
 @click.option(
     "--new-run",
     is_flag=True,
-    help="Start a new run even if this input version completed.",
+    help="Start a fresh run of this input version, even if one completed or "
+    "an unfinished one exists.",
 )
-@click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_output_options
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -265,8 +278,7 @@ def run(
     default=None,
     help="Accept a larger share of rejected records per batch.",
 )
-@click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_output_options
 @click.pass_context
 def resume(
     ctx: click.Context,
