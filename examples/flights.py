@@ -136,9 +136,6 @@ class Output:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(
             """
-            CREATE TABLE IF NOT EXISTS stage (
-                run_id TEXT, step TEXT, row_no INTEGER, data BLOB,
-                PRIMARY KEY (run_id, step, row_no));
             CREATE TABLE IF NOT EXISTS flights (
                 key TEXT PRIMARY KEY, row_no INTEGER, year INTEGER,
                 month INTEGER, day INTEGER, dep_time INTEGER, dep_delay INTEGER,
@@ -159,10 +156,21 @@ class Output:
         if _identity(self.path) != self.identity:
             raise OutputLost(step, str(self.path), expected, 0)
 
+    # Staged rows live in a table per run and step, keyed by row number (the
+    # table's rowid, so writes append and reads scan in order), and the
+    # whole table is dropped once the run completes.
+
+    def _stage_table(self, run_id: str, step: str) -> str:
+        name = f"stage_{run_id.replace('-', '')}_{step}"
+        self.db.execute(
+            f"CREATE TABLE IF NOT EXISTS {name} "
+            "(row_no INTEGER PRIMARY KEY, data BLOB NOT NULL)"
+        )
+        return name
+
     def count_staged(self, run_id: str, step: str) -> int:
-        row = self.db.execute(
-            "SELECT COUNT(*) FROM stage WHERE run_id = ? AND step = ?", (run_id, step)
-        ).fetchone()
+        table = self._stage_table(run_id, step)
+        row = self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
         return int(row[0])
 
     def count_loaded(self, key_prefix: str) -> int:
@@ -172,23 +180,25 @@ class Output:
         return int(row[0])
 
     def stage(self, run_id: str, step: str, rows: Sequence[tuple[int, Any]]) -> int:
+        table = self._stage_table(run_id, step)
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
-                "INSERT INTO stage VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE "
+                f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT DO UPDATE "
                 "SET data = excluded.data",
-                [(run_id, step, number, orjson.dumps(data)) for number, data in rows],
+                [(number, orjson.dumps(data)) for number, data in rows],
             )
         return len(rows)
 
     def staged(self, run_id: str, step: str, after: int) -> Iterator[Record]:
         # Keyset pages rather than one long cursor: writes commit between
         # batches while this is being read.
+        table = self._stage_table(run_id, step)
         while True:
             page = self.db.execute(
-                "SELECT row_no, data FROM stage WHERE run_id = ? AND step = ? "
-                "AND row_no > ? ORDER BY row_no LIMIT 5000",
-                (run_id, step, after),
+                f"SELECT row_no, data FROM {table} WHERE row_no > ? "
+                "ORDER BY row_no LIMIT 5000",
+                (after,),
             ).fetchall()
             if not page:
                 return
@@ -197,11 +207,13 @@ class Output:
             after = page[-1][0]
 
     def last_staged(self, run_id: str, step: str) -> int | None:
-        row = self.db.execute(
-            "SELECT MAX(row_no) FROM stage WHERE run_id = ? AND step = ?",
-            (run_id, step),
-        ).fetchone()
+        table = self._stage_table(run_id, step)
+        row = self.db.execute(f"SELECT MAX(row_no) FROM {table}").fetchone()
         return int(row[0]) if row and row[0] is not None else None
+
+    def drop_staged(self, run_id: str, steps: Sequence[str]) -> None:
+        for step in steps:
+            self.db.execute(f"DROP TABLE IF EXISTS {self._stage_table(run_id, step)}")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -455,11 +467,7 @@ class FlightsImport(Job):
     def close(self, context: RunContext, *, completed: bool) -> None:
         # Staged rows are only needed until the run completes.
         if completed:
-            with self.output.db:
-                self.output.db.execute("BEGIN")
-                self.output.db.execute(
-                    "DELETE FROM stage WHERE run_id = ?", (str(context.run_id),)
-                )
+            self.output.drop_staged(str(context.run_id), ("extract", "enrich"))
         self.output.db.close()
 
 
