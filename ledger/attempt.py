@@ -25,7 +25,7 @@ import structlog
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from ledger import faults
-from ledger.errors import JobFailed, LedgerUnavailable, Superseded
+from ledger.errors import JobFailed, LedgerUnavailable, OutputLost, Superseded
 from ledger.job import Record, Reject, Step
 from ledger.run import Run
 from ledger.store import Ledger
@@ -131,17 +131,28 @@ class Attempt:
             self._record_failure(type(error).__name__, str(error))
             raise JobFailed(
                 str(self.run.id),
-                self._failure_text(f"{type(error).__name__}: {error}"),
+                self._failure_text(f"{type(error).__name__}: {error}", error),
             ) from error
 
-    def _failure_text(self, what: str) -> str:
+    def _failure_text(self, what: str, error: Exception | None = None) -> str:
         where = f" in step {self.step}" if self.step else ""
         if self.batch is not None:
             where += f", batch {self.batch}"
-        return (
-            f"run {self.run.id} failed{where}: {what}; once fixed, "
-            f"`ledger resume {str(self.run.id)[:8]}` goes on from the last checkpoint"
-        )
+        short = str(self.run.id)[:8]
+
+        # The next move depends on what failed; say the one that works.
+        if isinstance(error, TooManyRejected):
+            then = (
+                f"if those records really are bad, `ledger resume {short} "
+                "--max-quarantine-ratio 1` quarantines them and goes on"
+            )
+        elif isinstance(error, OutputLost):
+            then = "`ledger explain` names the command that starts over"
+        else:
+            then = (
+                f"once fixed, `ledger resume {short}` goes on from the last checkpoint"
+            )
+        return f"run {self.run.id} failed{where}: {what}; {then}"
 
     def _record_failure(self, error_class: str, message: str) -> None:
         # Start again from what the store holds: the in-memory run may carry
@@ -166,6 +177,10 @@ class Attempt:
 
     def _work_steps(self, steps: Sequence[Step]) -> None:
         by_name = {step.name: step for step in steps}
+
+        # Resuming onto an output that lost checkpointed work would skip it:
+        # refuse, and record why, so `explain` names the way out.
+        verify_output(self.run, steps)
         for name in self.run.steps:
             if name in self.run.completed_steps:
                 continue
@@ -252,6 +267,7 @@ class Attempt:
             lease_until=lease_until(),
         )
         self.save()
+        self.batch = None
         faults.hit("after_checkpoint")
         self.progress.batch_done(step.name, chunk[-1].position)
 
@@ -264,11 +280,11 @@ class Attempt:
         batch_size = int(self.run.params["batch_size"])
         if size >= min(20, batch_size) and len(rejected) > limit * size:
             reasons = Counter(reject.reason for _, reject in rejected)
+            named = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
             raise TooManyRejected(
-                f"step {step} batch {batch} rejected {len(rejected)} of {size} "
-                f"records ({dict(reasons)}), over max_quarantine_ratio={limit}: "
-                "check that --input is the file this job expects, or raise "
-                "--param max_quarantine_ratio"
+                f"batch rejected {len(rejected)} of {size} records ({named}), "
+                f"over max_quarantine_ratio {limit}; check that the input is "
+                "the file this job expects"
             )
 
 

@@ -20,7 +20,7 @@ from uuid import UUID, uuid4
 
 import structlog
 
-from ledger.attempt import Attempt, NoProgress, ProgressSink, save_run, verify_output
+from ledger.attempt import Attempt, NoProgress, ProgressSink, save_run
 from ledger.errors import InputError, LedgerError, RunHeld
 from ledger.input_runs import InputRuns, input_runs_id
 from ledger.inputs import (
@@ -89,8 +89,6 @@ def run_job(
     steps = _open_job(job, context)
     try:
         _check_steps(job, steps, run)
-        if run is not None:
-            verify_output(run, steps)
     except LedgerError:
         job.close(context, completed=False)
         raise

@@ -96,5 +96,7 @@ def liveness(worker: dict[str, Any], lease: str) -> Liveness:
         return Liveness(False, f"{describe(worker)} is gone")
     state, start_time = started
     if state in ("Z", "X") or start_time != worker.get("pid_started"):
-        return Liveness(False, f"{describe(worker)} is gone (pid reused or defunct)")
+        return Liveness(
+            False, f"{describe(worker)} is gone: its pid was reused or is defunct"
+        )
     return Liveness(True, f"{describe(worker)} is alive")

@@ -7,11 +7,18 @@ one command that recovers it.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from projections.views import AttemptView, RunView
 
-__all__ = ["describe_checkpoint", "describe_resume", "explain", "short_id"]
+__all__ = [
+    "describe_checkpoint",
+    "describe_resume",
+    "explain",
+    "short_id",
+    "start_over_command",
+]
 
 
 def short_id(run_id: str) -> str:
@@ -109,6 +116,18 @@ def explain(run: RunView, attempts: list[AttemptView]) -> str:
         where = f"in step {failure['step']}" if failure["step"] else "before any step"
         if failure["batch"] is not None:
             where += f", batch {failure['batch']}"
+        if failure["error_class"] == "OutputLost":
+            return (
+                f"{name} cannot resume: {_clip(failure['error_message'], 200)}; "
+                f"{_done(run)}; restore that output and run {recover}, or start "
+                f"over with `{start_over_command(run)}`."
+            )
+        if failure["error_class"] == "Interrupted":
+            return (
+                f"{name} was interrupted on attempt {run.attempts} {where} "
+                f"({failure['error_message']}); {_done(run)}, {_quarantine(run)}; "
+                f"it will resume at {resume}; recover with {recover}."
+            )
         return (
             f"{name} failed on attempt {run.attempts} {where} with "
             f"{failure['error_class']}: {_clip(failure['error_message'])}; "
@@ -145,6 +164,20 @@ def explain(run: RunView, attempts: list[AttemptView]) -> str:
     )
 
 
-def _clip(text: str | None, limit: int = 160) -> str:
+def start_over_command(run: RunView) -> str:
+    """The one command that starts a fresh run of the same job, input and
+    parameters (the runtime's own parameters included)."""
+    parts = ["ledger run", shlex.quote(run.job_ref)]
+    parts += ["--input", shlex.quote(str(run.input["path"]))]
+    for name, value in sorted(run.params.items()):
+        if name == "batch_size":
+            parts += ["--batch-size", str(value)]
+        elif value not in ("", None):
+            parts += ["--param", shlex.quote(f"{name}={value}")]
+    parts.append("--new-run")
+    return " ".join(parts)
+
+
+def _clip(text: str | None, limit: int = 240) -> str:
     text = (text or "").replace("\n", " ").strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -52,11 +53,22 @@ def test_output_deleted_between_attempts_completes_with_missing_rows(
         url, tmp_path,
     )  # fmt: skip
 
-    # Refused, with the counts, and the run is not marked completed.
-    assert again.returncode == 2, again.stdout[-400:]
+    # Refused and recorded, with the counts; the run is not completed.
+    assert again.returncode == 1, again.stdout[-400:]
     assert "holds 0 records" in again.stderr, again.stderr
     assert "rows loaded" not in again.stdout
-    assert status_json(url, tmp_path)[0]["state"] != "completed"
+    run = status_json(url, tmp_path)[0]
+    assert run["state"] == "failed"
+    assert run["failure"]["error_class"] == "OutputLost"
+
+    # The one command explain names starts over and loads every row.
+    sentence = run_cli(["explain", run["run_id"]], url, tmp_path).stdout
+    command = sentence.rsplit("`", 2)[-2]
+    assert command.startswith("ledger run ")
+    assert command.endswith("--new-run")
+    redo = run_cli([*shlex.split(command)[1:], "--no-progress"], url, tmp_path)
+    assert redo.returncode == 0, redo.stderr
+    assert flights_rows(output) == 2982
 
 
 def test_resume_from_other_directory_completes_with_missing_rows(

@@ -166,7 +166,7 @@ def test_wrong_file_with_right_header_fails_the_step(
          "--param", f"output={tmp_path / 'o.sqlite'}"],
         url=sqlite_url, cwd=tmp_path,
     )  # fmt: skip
-    _assert_refused(result, "max_quarantine_ratio", "--input", code=1)
+    _assert_refused(result, "max_quarantine_ratio", "--max-quarantine-ratio 1", code=1)
 
     # The failure is recorded, with nothing quarantined.
     explain = ledger_command(["status", "--json"], url=sqlite_url, cwd=tmp_path)
