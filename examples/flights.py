@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
-import re
 import sqlite3
 import zipfile
 from collections import Counter
@@ -59,9 +58,9 @@ OPTIONAL_INTS = {"dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"}
 REQUIRED_TEXT = {"carrier", "origin", "dest", "time_hour"}
 MISSING = {"", "NA"}
 
-# ASCII digits only, and few enough to fit a 64-bit integer: Python's int()
-# would also take "1_000", other scripts' digits and numbers of any size.
-INTEGER = re.compile(r"-?[0-9]{1,18}")
+# Integers are ASCII digits only, at most 18 of them so they fit 64 bits:
+# Python's int() would also take "1_000", other scripts' digits and numbers
+# of any size, which the staging encoder then refuses mid-batch.
 
 
 def data_folder() -> Path:
@@ -112,7 +111,8 @@ def parse_row(line: str) -> dict[str, Any]:
             if text in MISSING and name in OPTIONAL_INTS:
                 row[name] = None
                 continue
-            if not INTEGER.fullmatch(text):
+            digits = text[1:] if text[:1] == "-" else text
+            if not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
                 raise Reject(
                     "malformed",
                     f"column {name} holds {text[:40]!r} where a number belongs",
@@ -156,12 +156,19 @@ class Output:
         if _identity(self.path) != self.identity:
             raise OutputLost(step, str(self.path), expected, 0)
 
-    # Staged rows live in a table per run and step, keyed by row number (the
-    # table's rowid, so writes append and reads scan in order), and the
-    # whole table is dropped once the run completes.
+    # Staged rows live in a file of their own beside the output, one per
+    # run, with a table per step keyed by row number (the table's rowid, so
+    # writes append and reads scan in order). The file is deleted once the
+    # run completes, so the output keeps no dead space.
 
     def _stage_table(self, run_id: str, step: str) -> str:
-        name = f"stage_{run_id.replace('-', '')}_{step}"
+        schema = f"stage_{run_id.replace('-', '')}"
+        attached = {row[1] for row in self.db.execute("PRAGMA database_list")}
+        if schema not in attached:
+            path = staging_path(self.path, run_id)
+            self.db.execute(f"ATTACH DATABASE ? AS {schema}", (str(path),))
+            self.db.execute(f"PRAGMA {schema}.journal_mode=WAL")
+        name = f"{schema}.{step}"
         self.db.execute(
             f"CREATE TABLE IF NOT EXISTS {name} "
             "(row_no INTEGER PRIMARY KEY, data BLOB NOT NULL)"
@@ -211,9 +218,19 @@ class Output:
         row = self.db.execute(f"SELECT MAX(row_no) FROM {table}").fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
-    def drop_staged(self, run_id: str, steps: Sequence[str]) -> None:
-        for step in steps:
-            self.db.execute(f"DROP TABLE IF EXISTS {self._stage_table(run_id, step)}")
+    def drop_staged(self, run_id: str) -> None:
+        schema = f"stage_{run_id.replace('-', '')}"
+        attached = {row[1] for row in self.db.execute("PRAGMA database_list")}
+        if schema in attached:
+            self.db.execute(f"DETACH DATABASE {schema}")
+        path = staging_path(self.path, run_id)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def staging_path(output: Path, run_id: str) -> Path:
+    """Where a run's staged rows live until it completes."""
+    return output.with_name(f"{output.name}.staging-{run_id[:8]}")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -467,7 +484,7 @@ class FlightsImport(Job):
     def close(self, context: RunContext, *, completed: bool) -> None:
         # Staged rows are only needed until the run completes.
         if completed:
-            self.output.drop_staged(str(context.run_id), ("extract", "enrich"))
+            self.output.drop_staged(str(context.run_id))
         self.output.db.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -45,8 +46,9 @@ def test_output_deleted_between_attempts_completes_with_missing_rows(
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     output = tmp_path / "out" / "flights.sqlite"
     source = _failed_in_enrich(tmp_path, url, str(output), tmp_path)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{output}{suffix}").unlink(missing_ok=True)
+
+    # The whole output folder goes: the output and the run's staged rows.
+    shutil.rmtree(output.parent)
     again = run_cli(
         ["run", str(FLIGHTS_JOB), "--input", str(source), "--batch-size", "500",
          "--param", f"output={output}", "--no-progress"],
@@ -186,3 +188,23 @@ def test_output_in_memory_is_accepted_and_lost(tmp_path: Path) -> None:
         tmp_path,
     )
     assert result.returncode == 2, result.stdout[-300:]
+
+
+def test_output_file_deleted_before_load_is_rebuilt_from_staging(
+    tmp_path: Path,
+) -> None:
+    """Guards against: a resume that 'completes' without the rows of a deleted
+    output file; with the staged rows intact, load writes every row again."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    output = tmp_path / "out" / "flights.sqlite"
+    source = _failed_in_enrich(tmp_path, url, str(output), tmp_path)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{output}{suffix}").unlink(missing_ok=True)
+    again = run_cli(
+        ["run", str(FLIGHTS_JOB), "--input", str(source), "--batch-size", "500",
+         "--param", f"output={output}", "--no-progress"],
+        url, tmp_path,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert flights_rows(output) == 2982
+    assert [p.name for p in output.parent.iterdir() if "staging" in p.name] == []
