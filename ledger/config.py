@@ -86,6 +86,13 @@ def parse_ledger_url(url: str | None = None) -> LedgerLocation:
     # of ours is refused, so a typo never becomes a file named after it.
     if raw.startswith("sqlite:///"):
         path_text = raw[len("sqlite:///") :]
+    elif raw.startswith("sqlite:"):
+        raise LedgerUnavailable(
+            raw,
+            "an SQLite URL takes three slashes before the path",
+            "set LEDGER_URL to sqlite:///relative/path.sqlite or "
+            "sqlite:////absolute/path.sqlite",
+        )
     elif _URL_LIKE.match(raw):
         scheme = raw.split(":", 1)[0]
         raise LedgerUnavailable(mask_secrets(raw), f"unsupported scheme '{scheme}'")

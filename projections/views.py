@@ -229,7 +229,7 @@ async def list_runs(db: ReadDatabase, job: str | None = None) -> list[RunView]:
         rows = await db.fetch(
             "SELECT * FROM proj_runs r WHERE state <> 'completed' OR started_at = "
             "(SELECT MAX(started_at) FROM proj_runs WHERE job = r.job) "
-            "ORDER BY job, started_at"
+            "ORDER BY job, started_at DESC"
         )
     else:
         rows = await db.fetch(

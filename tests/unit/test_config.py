@@ -45,6 +45,9 @@ def test_postgres_url_and_redaction() -> None:
         ("postgresql://u:pw@h:5432/", "no database name"),
         ("postgresql://u:pw@h:port/db", "port is not a number"),
         ("sqlite:///", "names no file"),
+        ("sqlite://relative.sqlite", "three slashes"),
+        (":memory:", "in-memory ledger"),
+        ("postgresql:/u:pw@h/db", "unsupported scheme"),
     ],
 )
 def test_refusals_name_the_fix(url: str, message: str) -> None:
