@@ -64,6 +64,20 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
     return params
 
 
+def _check_input(job: Job, path: Path) -> None:
+    """The job's own input check; whatever it raises is bad input."""
+    try:
+        job.check_input(path)
+    except LedgerError:
+        raise
+    except Exception as error:
+        raise InputError(
+            str(path),
+            f"cannot be read as {job.name}'s input ({type(error).__name__}: {error})",
+            "pass the file this job expects",
+        ) from error
+
+
 def _keep_apart(job: Job, params: dict[str, Any], location: LedgerLocation) -> None:
     """Refuses a job output that is, or would clobber, the ledger's files."""
     for output in job.outputs(params):
@@ -111,7 +125,7 @@ def _execute(
 
     # Check everything that can be checked before anything is recorded.
     source = describe_input(input_path)
-    job.check_input(input_path)
+    _check_input(job, input_path)
     _keep_apart(job, params, location)
 
     console = Console(stderr=True)
