@@ -20,6 +20,7 @@ from projections.explain import short_id as _short
 from projections.runner import catch_up, follow_loop, rebuild
 from projections.views import (
     AttemptView,
+    QuarantineView,
     RunView,
     find_run,
     list_attempts,
@@ -165,13 +166,29 @@ def quarantine() -> None:
     type=click.IntRange(1, 1_000_000),
     help="Show at most this many records.",
 )
+@click.option(
+    "--run",
+    "run_ref",
+    default=None,
+    metavar="RUN",
+    help="Only this run's records (an id or a unique prefix).",
+)
 @_json_option
 @click.pass_context
 def quarantine_list(
-    ctx: click.Context, job: str | None, limit: int, as_json: bool
+    ctx: click.Context,
+    job: str | None,
+    limit: int,
+    run_ref: str | None,
+    as_json: bool,
 ) -> None:
     """Quarantined records, oldest first, with their reasons."""
-    total, records = read(location_of(ctx), lambda db: list_quarantine(db, job, limit))
+
+    async def query(db: ReadDatabase) -> tuple[int, list[QuarantineView]]:
+        run_id = (await find_run(db, run_ref)).run_id if run_ref else None
+        return await list_quarantine(db, job, limit, run_id)
+
+    total, records = read(location_of(ctx), query)
     if as_json:
         print_json({"total": total, "records": [r.as_dict() for r in records]})
         return

@@ -290,11 +290,22 @@ async def list_attempts(
 
 
 async def list_quarantine(
-    db: ReadDatabase, job: str | None = None, limit: int = 100
+    db: ReadDatabase,
+    job: str | None = None,
+    limit: int = 100,
+    run_id: str | None = None,
 ) -> tuple[int, list[QuarantineView]]:
-    """The total count, and up to `limit` records, oldest first."""
-    where = "WHERE r.job = $1" if job else ""
-    args: tuple[Any, ...] = (job,) if job else ()
+    """The total count, and up to `limit` records, oldest first; of every
+    run, of one job's runs, or of one run."""
+    conditions: list[str] = []
+    args: tuple[Any, ...] = ()
+    if job:
+        args += (job,)
+        conditions.append(f"r.job = ${len(args)}")
+    if run_id:
+        args += (run_id,)
+        conditions.append(f"q.run_id = ${len(args)}")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     total = await db.fetch(
         "SELECT COUNT(*) AS n FROM proj_quarantine q "
         f"JOIN proj_runs r ON r.run_id = q.run_id {where}",

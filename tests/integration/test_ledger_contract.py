@@ -382,3 +382,28 @@ def test_open_ledger_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> No
     with pytest.raises(LedgerUnavailable, match="LEDGER_URL"):
         open_ledger(parse_ledger_url(f"sqlite:///{bogus}"))
     assert bogus.read_text().startswith("this is not a database")
+
+
+def test_quarantine_lists_by_job_and_by_run(ledger_url: str, tmp_path: Path) -> None:
+    first = _run(
+        ledger_url, NUMBERS_JOB, write_numbers(tmp_path / "a.txt", 30, bad=(3, 9)),
+        batch_size=10, output=tmp_path / "a.sqlite",
+    )  # fmt: skip
+    second = _run(
+        ledger_url, NUMBERS_JOB, write_numbers(tmp_path / "b.txt", 30, bad=(17,)),
+        batch_size=10, output=tmp_path / "b.sqlite",
+    )  # fmt: skip
+
+    async def query(db: ReadDatabase) -> Any:
+        return (
+            await list_quarantine(db, "numbers"),
+            await list_quarantine(db, run_id=str(first.run_id)),
+            await list_quarantine(db, "numbers", run_id=str(second.run_id)),
+            await list_quarantine(db, "other-job"),
+        )
+
+    everything, of_first, of_second, none = _read(ledger_url, query)
+    assert everything[0] == 3
+    assert [r.record for r in of_first[1]] == [3, 9]
+    assert [r.record for r in of_second[1]] == [17]
+    assert none == (0, [])
