@@ -1,4 +1,4 @@
-"""Shared helpers for the adversarial tests (each test fails today)."""
+"""Shared helpers for the adversarial tests."""
 
 from __future__ import annotations
 

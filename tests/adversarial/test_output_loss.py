@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +14,20 @@ from conftest import FLIGHTS_JOB, LEDGER, make_flights_zip
 from helpers import flights_rows, run_cli, status_json
 
 ROWS = 3000
+
+
+def _checkpoints(ledger_file: Path) -> int:
+    if not ledger_file.exists():
+        return 0
+    with sqlite3.connect(f"file:{ledger_file}?mode=ro", uri=True) as db:
+        try:
+            row = db.execute(
+                "SELECT COUNT(*) FROM stored_events WHERE topic LIKE ?",
+                ("%.BatchCheckpointed",),
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return 0
+    return int(row[0])
 
 
 def _failed_in_enrich(tmp_path: Path, url: str, output: str, cwd: Path) -> Path:
@@ -118,10 +133,12 @@ def test_output_deleted_while_running_is_reported_completed(tmp_path: Path) -> N
         stderr=subprocess.PIPE,
         text=True,
     )
+    # Mid-run: the output exists and a few batches are checkpointed.
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not output.exists():
-        time.sleep(0.05)
-    time.sleep(0.5)
+    while time.monotonic() < deadline and proc.poll() is None:
+        if output.exists() and _checkpoints(tmp_path / "ledger.sqlite") >= 3:
+            break
+        time.sleep(0.02)
     assert proc.poll() is None, "the job ended before the output could be deleted"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{output}{suffix}").unlink(missing_ok=True)
