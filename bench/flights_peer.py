@@ -112,9 +112,7 @@ def run_plain(output_path: Path, *, single_pass: bool = False) -> dict[str, Any]
         done = {step.name: _drive(step) for step in steps}
 
     # What the job's `close` does once a run completed.
-    with output.db:
-        output.db.execute("BEGIN")
-        output.db.execute("DELETE FROM stage WHERE run_id = ?", (run_id,))
+    output.drop_staged(run_id)
     output.db.close()
     return {"steps": done, "seconds": round(time.perf_counter() - started, 3)}
 
