@@ -150,6 +150,7 @@ class Output:
         # The file this connection writes: if the path is deleted or replaced
         # under us, writes would go to a file nobody can read any more.
         self.identity = _identity(path)
+        self.stage_tables: set[str] = set()
 
     def check_file(self, step: str, expected: int) -> None:
         """Raises OutputLost if the path no longer names the file we write."""
@@ -162,17 +163,21 @@ class Output:
     # run completes, so the output keeps no dead space.
 
     def _stage_table(self, run_id: str, step: str) -> str:
-        schema = f"stage_{run_id.replace('-', '')}"
+        # Attached and created once per connection, not on every batch.
+        name = f"stage_{run_id.replace('-', '')}.{step}"
+        if name in self.stage_tables:
+            return name
+        schema = name.split(".")[0]
         attached = {row[1] for row in self.db.execute("PRAGMA database_list")}
         if schema not in attached:
             path = staging_path(self.path, run_id)
             self.db.execute(f"ATTACH DATABASE ? AS {schema}", (str(path),))
             self.db.execute(f"PRAGMA {schema}.journal_mode=WAL")
-        name = f"{schema}.{step}"
         self.db.execute(
             f"CREATE TABLE IF NOT EXISTS {name} "
             "(row_no INTEGER PRIMARY KEY, data BLOB NOT NULL)"
         )
+        self.stage_tables.add(name)
         return name
 
     def count_staged(self, run_id: str, step: str) -> int:
@@ -223,6 +228,7 @@ class Output:
         attached = {row[1] for row in self.db.execute("PRAGMA database_list")}
         if schema in attached:
             self.db.execute(f"DETACH DATABASE {schema}")
+        self.stage_tables = {t for t in self.stage_tables if not t.startswith(schema)}
         path = staging_path(self.path, run_id)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)

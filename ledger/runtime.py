@@ -80,7 +80,7 @@ def run_job(
     key = input_key(job, source, params)
 
     # Find the run for this input version; a completed one is not redone.
-    run, index = _find_run(ledger, job, key, new_run=new_run)
+    run, index = _find_run(ledger, key, new_run=new_run)
     if run is not None and run.is_completed:
         return _summary(run, started, already_completed=True)
 
@@ -168,7 +168,7 @@ def _on_sigterm(handler: Any) -> Any:
 
 
 def _find_run(
-    ledger: Ledger, job: Job, key: str, *, new_run: bool
+    ledger: Ledger, key: str, *, new_run: bool
 ) -> tuple[Run | None, InputRuns | None]:
     try:
         index: InputRuns = ledger.repository.get(input_runs_id(key))

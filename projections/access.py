@@ -39,16 +39,12 @@ async def _catch_up_unless_busy(db: ReadDatabase) -> None:
 def catch_up_quietly(location: LedgerLocation) -> None:
     """Brings the read tables up to date after a run, best effort: a later
     read command catches up anyway if this cannot."""
-
-    async def run() -> None:
-        db = await open_read_database(location)
-        try:
-            await catch_up(db)
-        finally:
-            await db.close()
-
     with contextlib.suppress(LedgerUnavailable, sqlite3.Error, OSError):
-        asyncio.run(run())
+        read(location, _nothing)
+
+
+async def _nothing(db: ReadDatabase) -> None:
+    return None
 
 
 async def open_read_database(location: LedgerLocation) -> ReadDatabase:

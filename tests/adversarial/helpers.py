@@ -7,13 +7,21 @@ import subprocess
 from pathlib import Path
 
 import orjson
-from conftest import ledger_command
+from conftest import FLIGHTS_JOB, ledger_command
 
 
 def run_cli(
     args: list[str], url: str, cwd: Path, **kw: object
 ) -> subprocess.CompletedProcess[str]:
     return ledger_command(args, url=url, cwd=cwd, **kw)  # type: ignore[arg-type]
+
+
+def flights_args(source: Path, output: object, *extra: str) -> list[str]:
+    """`ledger run` of the flights job on one input into one output."""
+    return [
+        "run", str(FLIGHTS_JOB), "--input", str(source),
+        "--param", f"output={output}", "--no-progress", *extra,
+    ]  # fmt: skip
 
 
 def one_clear_line(result: subprocess.CompletedProcess[str]) -> bool:

@@ -6,12 +6,11 @@ the defect is fixed."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import FLIGHTS_JOB, NUMBERS_JOB, _real_lines, make_flights_zip
-from helpers import one_clear_line, run_cli, status_json
+from helpers import flights_args, one_clear_line, run_cli, status_json
 
 
 @pytest.fixture
@@ -103,15 +102,7 @@ def test_unusable_output_path_is_a_traceback(
     source = make_flights_zip(tmp_path / "f.zip", 300)
     output = tmp_path if where == "dir" else source
     result = run_cli(
-        [
-            "run",
-            str(FLIGHTS_JOB),
-            "--input",
-            str(source),
-            "--param",
-            f"output={output}",
-            "--no-progress",
-        ],
+        flights_args(source, output),
         ledger,
         tmp_path,
     )
@@ -210,7 +201,3 @@ def test_undashed_uuid_is_not_found(ledger: str, tmp_path: Path) -> None:
     run_id = status_json(ledger, tmp_path)[0]["run_id"]
     result = run_cli(["explain", run_id.replace("-", "")], ledger, tmp_path)
     assert result.returncode == 0, result.stderr
-
-
-if sys.platform != "linux":  # pragma: no cover
-    pytest.skip("linux only", allow_module_level=True)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from conftest import FLIGHTS_JOB, LEDGER, make_flights_zip
-from helpers import flights_rows, run_cli, status_json
+from helpers import flights_args, flights_rows, run_cli, status_json
 
 ROWS = 3000
 
@@ -33,17 +33,7 @@ def _checkpoints(ledger_file: Path) -> int:
 def _failed_in_enrich(tmp_path: Path, url: str, output: str, cwd: Path) -> Path:
     source = make_flights_zip(tmp_path / "f.zip", ROWS, malformed=False)
     killed = run_cli(
-        [
-            "run",
-            str(FLIGHTS_JOB),
-            "--input",
-            str(source),
-            "--batch-size",
-            "500",
-            "--param",
-            f"output={output}",
-            "--no-progress",
-        ],
+        flights_args(source, output, "--batch-size", "500"),
         url,
         cwd,
         env={"LEDGER_FAULT": "after_checkpoint:enrich:1"},
@@ -64,11 +54,7 @@ def test_output_deleted_between_attempts_completes_with_missing_rows(
 
     # The whole output folder goes: the output and the run's staged rows.
     shutil.rmtree(output.parent)
-    again = run_cli(
-        ["run", str(FLIGHTS_JOB), "--input", str(source), "--batch-size", "500",
-         "--param", f"output={output}", "--no-progress"],
-        url, tmp_path,
-    )  # fmt: skip
+    again = run_cli(flights_args(source, output, "--batch-size", "500"), url, tmp_path)
 
     # Refused and recorded, with the counts; the run is not completed.
     assert again.returncode == 1, again.stdout[-400:]
@@ -115,18 +101,7 @@ def test_output_deleted_while_running_is_reported_completed(tmp_path: Path) -> N
     source = make_flights_zip(tmp_path / "f.zip", 60000, malformed=False)
     output = tmp_path / "out" / "flights.sqlite"
     proc = subprocess.Popen(
-        [
-            *LEDGER,
-            "run",
-            str(FLIGHTS_JOB),
-            "--input",
-            str(source),
-            "--batch-size",
-            "500",
-            "--param",
-            f"output={output}",
-            "--no-progress",
-        ],
+        [*LEDGER, *flights_args(source, output, "--batch-size", "500")],
         cwd=tmp_path,
         env={**os.environ, "LEDGER_URL": url},
         stdout=subprocess.PIPE,
@@ -192,15 +167,7 @@ def test_output_in_memory_is_accepted_and_lost(tmp_path: Path) -> None:
     source = make_flights_zip(tmp_path / "f.zip", ROWS)
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     result = run_cli(
-        [
-            "run",
-            str(FLIGHTS_JOB),
-            "--input",
-            str(source),
-            "--param",
-            "output=:memory:",
-            "--no-progress",
-        ],
+        flights_args(source, ":memory:"),
         url,
         tmp_path,
     )
@@ -217,11 +184,7 @@ def test_output_file_deleted_before_load_is_rebuilt_from_staging(
     source = _failed_in_enrich(tmp_path, url, str(output), tmp_path)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{output}{suffix}").unlink(missing_ok=True)
-    again = run_cli(
-        ["run", str(FLIGHTS_JOB), "--input", str(source), "--batch-size", "500",
-         "--param", f"output={output}", "--no-progress"],
-        url, tmp_path,
-    )  # fmt: skip
+    again = run_cli(flights_args(source, output, "--batch-size", "500"), url, tmp_path)
     assert again.returncode == 0, again.stderr
     assert flights_rows(output) == 2982
     assert [p.name for p in output.parent.iterdir() if "staging" in p.name] == []
