@@ -36,6 +36,7 @@ __all__ = [
     "NoProgress",
     "ProgressSink",
     "TooManyRejected",
+    "preview_payload",
     "save_run",
     "verify_output",
 ]
@@ -250,7 +251,7 @@ class Attempt:
                 record.number,
                 reject.reason,
                 reject.detail[:500],
-                _preview(reject.payload),
+                preview_payload(reject.payload),
             )
         self.run.checkpoint_batch(
             attempt=self.attempt,
@@ -292,7 +293,7 @@ class TooManyRejected(Exception):
     """A batch rejected so much that quarantining it would hide a fault."""
 
 
-def _preview(payload: Any) -> Any:
+def preview_payload(payload: Any) -> Any:
     """A payload small enough to keep in an event."""
     if payload is None:
         return None

@@ -19,6 +19,7 @@ from ledger.job import InputVersion, Job
 __all__ = [
     "GUARD_PARAMETERS",
     "RUNTIME_PARAMETERS",
+    "convert_param",
     "describe_input",
     "input_key",
     "resolve_params",
@@ -47,7 +48,7 @@ def resolve_params(job: Job, overrides: dict[str, str]) -> dict[str, Any]:
             raise InputError(
                 f"--param {name}", "unknown parameter", f"use one of: {known}"
             )
-        params[name] = _convert(name, text, params[name])
+        params[name] = convert_param(name, text, params[name])
 
     # Paths are recorded absolute: a resume from another directory must
     # reopen the same files, never new ones next to it.
@@ -72,7 +73,7 @@ def resolve_params(job: Job, overrides: dict[str, str]) -> dict[str, Any]:
     return params
 
 
-def _convert(name: str, text: str, default: Any) -> Any:
+def convert_param(name: str, text: str, default: Any) -> Any:
     try:
         if isinstance(default, bool):
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):

@@ -30,7 +30,16 @@ from uuid import UUID
 
 from ledger.checkpoint import Checkpoint
 
-__all__ = ["REDACTED", "InputVersion", "Job", "Record", "Reject", "RunContext", "Step"]
+__all__ = [
+    "REDACTED",
+    "InputVersion",
+    "Job",
+    "Record",
+    "Reject",
+    "RunContext",
+    "Step",
+    "redact_fields",
+]
 
 REDACTED = "[redacted]"
 
@@ -79,6 +88,18 @@ class RunContext:
     run_id: UUID
     input: InputVersion
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def redact_fields(payload: Any, fields: frozenset[str]) -> Any:
+    """The payload with the values of the named fields blanked, at any depth."""
+    if isinstance(payload, dict):
+        return {
+            key: REDACTED if key in fields else redact_fields(value, fields)
+            for key, value in payload.items()
+        }
+    if isinstance(payload, list):
+        return [redact_fields(item, fields) for item in payload]
+    return payload
 
 
 class Step(Protocol):
@@ -133,14 +154,7 @@ class Job(ABC):
 
     def redact(self, payload: Any) -> Any:
         """The payload as it may be recorded: sensitive fields blanked."""
-        if isinstance(payload, dict):
-            return {
-                key: REDACTED if key in self.sensitive_fields else self.redact(value)
-                for key, value in payload.items()
-            }
-        if isinstance(payload, list):
-            return [self.redact(item) for item in payload]
-        return payload
+        return redact_fields(payload, self.sensitive_fields)
 
     def check_input(self, path: Path) -> None:  # noqa: B027 - optional hook
         """Raises InputError when the file cannot be this job's input."""

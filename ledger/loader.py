@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any, TypeVar, overload
 
 from ledger.errors import JobLoadError
 from ledger.job import Job
@@ -14,8 +15,23 @@ from ledger.job import Job
 __all__ = ["load_job"]
 
 
-def load_job(ref: str) -> Job:
-    """Returns the `job` object defined by a job file or module."""
+_J = TypeVar("_J")
+
+
+@overload
+def load_job(ref: str) -> Job: ...
+
+
+@overload
+def load_job(ref: str, kind: type[_J]) -> _J: ...
+
+
+def load_job(ref: str, kind: type[Any] = Job) -> Any:
+    """Returns the `job` object defined by a job file or module.
+
+    `kind` is the class it must be an instance of: a `ledger.Job` for
+    `ledger run`, a `consumers.ConsumerJob` for `ledger consume`.
+    """
     path = Path(ref)
 
     # A file: load it under a name of its own, so two job files named alike
@@ -49,9 +65,10 @@ def load_job(ref: str) -> Job:
             ) from error
 
     job = getattr(module, "job", None)
-    if not isinstance(job, Job):
+    if not isinstance(job, kind):
         raise JobLoadError(
-            f"{ref} defines no `job`; add `job = YourJob()` where YourJob "
-            "subclasses ledger.Job"
+            f"{ref} defines no `job` of the right kind; add `job = YourJob()` "
+            f"where YourJob subclasses {kind.__module__.split('.')[0]}."
+            f"{kind.__name__}"
         )
     return job

@@ -96,6 +96,13 @@ class Run(Aggregate):
         self.quarantined_by_reason: dict[str, int] = {}
         self.totals: dict[str, int] = {}
 
+        # A consumer run's state (see ledger.messages): the next offset to
+        # read of each partition it owns, the batch it is handling, and the
+        # offsets of batches a crash interrupted.
+        self.partitions: dict[str, int] = {}
+        self.open_batch: dict[str, Any] | None = None
+        self.crashed_ranges: list[dict[str, Any]] = []
+
     # Reading the state.
 
     @property
@@ -114,7 +121,7 @@ class Run(Aggregate):
             )
         return None
 
-    def _require_open_attempt(self, attempt: int) -> None:
+    def require_open_attempt(self, attempt: int) -> None:
         if not self.attempt_open or attempt != self.attempt:
             raise CheckpointRefused(
                 f"attempt {attempt} of run {self.id} is not the open attempt "
@@ -135,6 +142,7 @@ class Run(Aggregate):
             run.worker = self.worker
             run.lease_until = self.lease_until
             run.status = "running"
+            run.open_batch = None
 
     def start_attempt(self, worker: dict[str, Any], lease_until: str) -> int:
         if self.attempt_open:
@@ -162,9 +170,17 @@ class Run(Aggregate):
             run.attempt_open = False
             run.status = "crashed"
 
+            # The messages a crash interrupted are suspects from now on.
+            if run.open_batch is not None:
+                for item in run.open_batch["ranges"]:
+                    run.crashed_ranges.append(
+                        {k: item[k] for k in ("partition", "first", "last")}
+                    )
+                run.open_batch = None
+
     def record_crash(self, evidence: str, detected_by: dict[str, Any]) -> None:
         """Closes an attempt whose worker died without recording an outcome."""
-        self._require_open_attempt(self.attempt)
+        self.require_open_attempt(self.attempt)
         self.trigger_event(
             self.AttemptCrashed,
             attempt=self.attempt,
@@ -180,7 +196,7 @@ class Run(Aggregate):
         from_batch: int
 
     def start_step(self, attempt: int, step: str) -> None:
-        self._require_open_attempt(attempt)
+        self.require_open_attempt(attempt)
         self.trigger_event(
             self.StepStarted,
             attempt=attempt,
@@ -201,7 +217,7 @@ class Run(Aggregate):
     def start_batch(
         self, attempt: int, step: str, batch: int, first_record: int, lease_until: str
     ) -> None:
-        self._require_open_attempt(attempt)
+        self.require_open_attempt(attempt)
         self._require_next_batch(step, batch)
         self.trigger_event(
             self.BatchStarted,
@@ -245,7 +261,7 @@ class Run(Aggregate):
         detail: str,
         payload: Any,
     ) -> None:
-        self._require_open_attempt(attempt)
+        self.require_open_attempt(attempt)
         self.trigger_event(
             self.RecordQuarantined,
             attempt=attempt,
@@ -310,7 +326,7 @@ class Run(Aggregate):
         counters: dict[str, int],
         lease_until: str,
     ) -> None:
-        self._require_open_attempt(attempt)
+        self.require_open_attempt(attempt)
         self._require_next_batch(step, batch)
         previous = self.checkpoints.get(step)
         if previous is not None and position <= previous.position:
@@ -344,7 +360,7 @@ class Run(Aggregate):
             run.completed_steps.append(self.step)
 
     def complete_step(self, attempt: int, step: str) -> None:
-        self._require_open_attempt(attempt)
+        self.require_open_attempt(attempt)
         index = self.steps.index(step)
         next_step = self.steps[index + 1] if index + 1 < len(self.steps) else None
         self.trigger_event(
@@ -383,7 +399,7 @@ class Run(Aggregate):
         error_class: str,
         error_message: str,
     ) -> None:
-        self._require_open_attempt(attempt)
+        self.require_open_attempt(attempt)
         if step is not None:
             self.trigger_event(
                 self.StepFailed,
@@ -411,7 +427,7 @@ class Run(Aggregate):
             run.status = "completed"
 
     def complete(self, attempt: int, totals: dict[str, int]) -> None:
-        self._require_open_attempt(attempt)
+        self.require_open_attempt(attempt)
         if self.resume_point() is not None:
             raise CheckpointRefused(f"run {self.id} still has steps to do")
         self.trigger_event(self.RunCompleted, attempt=attempt, totals=totals)

@@ -38,7 +38,9 @@ __all__ = [
     "RUNTIME_PARAMETERS",
     "ProgressSink",
     "RunSummary",
+    "claim_run",
     "describe_input",
+    "find_run",
     "resolve_params",
     "run_job",
 ]
@@ -80,7 +82,7 @@ def run_job(
     key = input_key(job, source, params)
 
     # Find the run for this input version; a completed one is not redone.
-    run, index = _find_run(ledger, key, new_run=new_run)
+    run, index = find_run(ledger, key, new_run=new_run)
     if run is not None and run.is_completed:
         return _summary(run, started, already_completed=True)
 
@@ -108,7 +110,7 @@ def run_job(
             )
             index = index or InputRuns.create(job.name, key)
             index.add_run(run.id)
-        attempt, resumed_from, events = _claim(ledger, run, index)
+        attempt, resumed_from, events = claim_run(ledger, run, index)
         worker = Attempt(
             ledger, run, attempt, steps, progress, events, job.redact, params
         )
@@ -167,7 +169,7 @@ def _on_sigterm(handler: Any) -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _find_run(
+def find_run(
     ledger: Ledger, key: str, *, new_run: bool
 ) -> tuple[Run | None, InputRuns | None]:
     try:
@@ -180,7 +182,7 @@ def _find_run(
     return latest, index
 
 
-def _claim(
+def claim_run(
     ledger: Ledger, run: Run, index: InputRuns | None
 ) -> tuple[int, ResumePoint | None, int]:
     """Opens a new attempt; closes a dead worker's attempt first."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import UUID
@@ -171,12 +172,28 @@ def open_ledger(location: LedgerLocation | None = None) -> Ledger:
         except OSError as error:
             raise LedgerUnavailable(location.url, f"cannot create {folder}") from error
 
-    try:
-        ledger = Ledger(env=store_env(location))
-        ledger.recorder.max_notification_id()
-    except (PersistenceError, OSError, sqlite3.Error, psycopg.Error) as error:
-        raise LedgerUnavailable(location.display_url, _first_line(error)) from error
-    return ledger
+    for tries in range(1, _CREATE_TRIES + 1):
+        try:
+            ledger = Ledger(env=store_env(location))
+            ledger.recorder.max_notification_id()
+        except (PersistenceError, OSError, sqlite3.Error, psycopg.Error) as error:
+            # Two processes creating a new PostgreSQL ledger at once race on
+            # the catalog ("tuple concurrently updated", a duplicate type);
+            # the loser finds the tables made when it tries again.
+            if tries < _CREATE_TRIES and _is_create_race(error):
+                time.sleep(0.05 * tries)
+                continue
+            raise LedgerUnavailable(location.display_url, _first_line(error)) from error
+        return ledger
+    raise AssertionError("unreachable")
+
+
+_CREATE_TRIES = 5
+
+
+def _is_create_race(error: BaseException) -> bool:
+    text = str(error)
+    return "concurrently" in text or "pg_type_typname_nsp_index" in text
 
 
 @contextlib.contextmanager
