@@ -126,6 +126,33 @@ def parse_row(line: str) -> dict[str, Any]:
     return row
 
 
+def enrich_row(
+    row: dict[str, Any], planes: dict[str, dict[str, Any]], counters: Counter[str]
+) -> dict[str, Any]:
+    """A parsed flight joined with its plane and named by its delay;
+    Reject('incomplete') for a flight that departed and has no arrival."""
+    cancelled = row["dep_time"] is None
+    if not cancelled and (row["arr_time"] is None or row["arr_delay"] is None):
+        missing = "arrival time" if row["arr_time"] is None else "arrival delay"
+        raise Reject(
+            "incomplete",
+            f"departed at {row['dep_time']} but has no {missing}",
+            row,
+        )
+    plane = planes.get(row["tailnum"] or "")
+    if plane is None:
+        counters["plane_unknown"] += 1
+        plane = {"manufacturer": None, "model": None, "year": None}
+    row.update(
+        cancelled=cancelled,
+        delay_category=delay_category(row["arr_delay"], cancelled=cancelled),
+        plane_manufacturer=plane["manufacturer"],
+        plane_model=plane["model"],
+        plane_year=plane["year"],
+    )
+    return row
+
+
 class Output:
     """The output database: staging tables and the final `flights` table."""
 
@@ -333,27 +360,7 @@ class Enrich:
         )
 
     def handle(self, record: Record, counters: Counter[str]) -> Any:
-        row = dict(record.data)
-        cancelled = row["dep_time"] is None
-        if not cancelled and (row["arr_time"] is None or row["arr_delay"] is None):
-            missing = "arrival time" if row["arr_time"] is None else "arrival delay"
-            raise Reject(
-                "incomplete",
-                f"departed at {row['dep_time']} but has no {missing}",
-                row,
-            )
-        plane = self.planes.get(row["tailnum"] or "")
-        if plane is None:
-            counters["plane_unknown"] += 1
-            plane = {"manufacturer": None, "model": None, "year": None}
-        row.update(
-            cancelled=cancelled,
-            delay_category=delay_category(row["arr_delay"], cancelled=cancelled),
-            plane_manufacturer=plane["manufacturer"],
-            plane_model=plane["model"],
-            plane_year=plane["year"],
-        )
-        return row
+        return enrich_row(dict(record.data), self.planes, counters)
 
     def write(self, outputs: Sequence[tuple[Record, Any]]) -> int:
         rows = [(record.number, row) for record, row in outputs]

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
+from consumers.cli import consume
 from ledger.cli_read import explain_cmd, history, project, quarantine, status
 from ledger.cli_run import resume, run
 from ledger.config import parse_ledger_url
@@ -57,7 +58,18 @@ def cli(ctx: click.Context, ledger_url: str, log_level: str) -> None:
     ctx.obj = {"location": parse_ledger_url(ledger_url)}
 
 
-for _command in (run, resume, status, history, explain_cmd, quarantine, project):
+# `consume` lives with the Kafka consumers; its module imports no Kafka
+# client until the command runs.
+for _command in (
+    run,
+    resume,
+    consume,
+    status,
+    history,
+    explain_cmd,
+    quarantine,
+    project,
+):
     cli.add_command(_command)
 
 

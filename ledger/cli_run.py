@@ -29,7 +29,7 @@ from ledger.loader import load_job
 if TYPE_CHECKING:
     from ledger.runtime import RunSummary
 
-__all__ = ["resume", "run"]
+__all__ = ["param_option", "parse_params", "resume", "run"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,7 +54,18 @@ class _RichProgress:
             self.progress.update(task, completed=total)
 
 
-def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+param_option = click.option(
+    "--param",
+    "-p",
+    "param_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set a job parameter; repeat for several.",
+)
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`--param NAME=VALUE` pairs as a dict of texts."""
     params: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -236,14 +247,7 @@ def _output_options(command: F) -> F:
     default=None,
     help="Records per checkpointed batch (default 5000).",
 )
-@click.option(
-    "--param",
-    "-p",
-    "param_pairs",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Set a job parameter; repeat for several.",
-)
+@param_option
 @click.option(
     "--new-run",
     is_flag=True,
@@ -266,7 +270,7 @@ def run(
     from ledger.runtime import resolve_params
 
     job = load_job(job_ref)
-    overrides = _parse_params(param_pairs)
+    overrides = parse_params(param_pairs)
     if batch_size is not None:
         overrides["batch_size"] = str(batch_size)
     params = resolve_params(job, overrides)

@@ -1,0 +1,155 @@
+"""`ledger consume`: run a consumer job until stopped, or until idle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from consumers.job import ConsumerJob
+from ledger.cli_run import param_option, parse_params
+from ledger.cli_support import console, location_of, print_json
+from ledger.errors import InputError
+from ledger.loader import load_job
+
+__all__ = ["consume"]
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def _params(job: ConsumerJob, pairs: tuple[str, ...]) -> dict[str, Any]:
+    """The job's parameters with `--param` values, plus the policies in
+    force, so that the run records what it ran with."""
+    from ledger.inputs import convert_param
+
+    params: dict[str, Any] = dict(job.parameters)
+    for name, text in parse_params(pairs).items():
+        if name not in job.parameters:
+            known = ", ".join(sorted(job.parameters)) or "none"
+            raise InputError(
+                f"--param {name}", "unknown parameter", f"use one of: {known}"
+            )
+        params[name] = convert_param(name, text, job.parameters[name])
+    params.update(
+        batch_max_records=job.batch_max_records,
+        batch_max_seconds=job.batch_max_seconds,
+        retry_attempts=job.retry.attempts,
+        max_crashes=job.quarantine.max_crashes,
+    )
+    return params
+
+
+def _check_job(job: ConsumerJob, job_ref: str) -> None:
+    """A consumer job's settings, checked before anything is recorded."""
+    problems = []
+    if not getattr(job, "group_id", "") or ":" in job.group_id:
+        problems.append("group_id must be set and hold no ':'")
+    if not getattr(job, "topics", ()):
+        problems.append("topics must name at least one topic")
+    if job.batch_max_records < 1 or job.batch_max_seconds <= 0:
+        problems.append("batch_max_records and batch_max_seconds must be positive")
+    if job.auto_offset_reset not in ("earliest", "latest"):
+        problems.append("auto_offset_reset must be 'earliest' or 'latest'")
+    if problems:
+        raise InputError(job_ref, "; ".join(problems), f"fix {type(job).__name__}")
+
+
+@click.command()
+@click.argument("job_ref", metavar="JOB_FILE_OR_MODULE")
+@click.option(
+    "--bootstrap-servers",
+    envvar="KAFKA_BOOTSTRAP_SERVERS",
+    default=DEFAULT_BOOTSTRAP,
+    show_default=True,
+    help="Kafka brokers, host:port[,host:port].",
+)
+@click.option(
+    "--member",
+    default=None,
+    help="This consumer's name in its group, stable across restarts, so a "
+    "restart resumes its run (default: the host name).",
+)
+@click.option(
+    "--until-idle",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop cleanly once every partition is read to its end and nothing "
+    "arrived for this long.",
+)
+@param_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def consume(
+    ctx: click.Context,
+    job_ref: str,
+    bootstrap_servers: str,
+    member: str | None,
+    until_idle: float | None,
+    param_pairs: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Consume a consumer job's topics, checkpointing through the ledger.
+
+    Stops cleanly on SIGTERM or SIGINT (and with --until-idle); a restart
+    of the same --member resumes where the ledger says.
+    """
+    from consumers.consumer import LedgerConsumer
+    from consumers.recorder import ConsumerRecorder
+    from ledger.store import opened
+    from projections.access import catch_up_quietly
+
+    job = load_job(job_ref, ConsumerJob)  # type: ignore[type-abstract]
+    _check_job(job, job_ref)
+    params = _params(job, param_pairs)
+    member = member or socket.gethostname()
+    if Path(job_ref).is_file():
+        job_ref = str(Path(job_ref).resolve())
+
+    location = location_of(ctx)
+    with opened(location) as ledger:
+        recorder = ConsumerRecorder(ledger, job, job_ref, member, params)
+        consumer = LedgerConsumer(
+            recorder,
+            job,
+            bootstrap_servers=bootstrap_servers,
+            until_idle=until_idle,
+            kafka_options=_kafka_options(),
+        )
+        summary = asyncio.run(consumer.run())
+    catch_up_quietly(location)
+
+    if as_json:
+        print_json(summary.__dict__)
+        return
+    table = Table(title=job.name, show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("run", summary.run_id)
+    table.add_row("attempt", str(summary.attempt))
+    table.add_row("messages", f"{summary.messages:,}")
+    table.add_row("batches", f"{summary.batches:,}")
+    table.add_row("quarantined", f"{summary.quarantined:,}")
+    table.add_row("superseded partitions", f"{summary.superseded:,}")
+    for item in summary.divergences:
+        table.add_row(
+            f"diverged {item['partition']}",
+            f"kafka {item['kafka']} {item['divergence']} ledger {item['ledger']}",
+        )
+    table.add_row("elapsed", f"{summary.elapsed:.1f} s")
+    console().print(table)
+
+
+def _kafka_options() -> dict[str, Any]:
+    """Group timing from the environment, for tests and slow networks."""
+    options: dict[str, Any] = {}
+    for name in ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms"):
+        value = os.environ.get(f"LEDGER_KAFKA_{name.upper()}")
+        if value:
+            options[name] = int(value)
+    return options

@@ -1,0 +1,310 @@
+"""A consumer's run in the ledger: claimed, recorded, checkpointed.
+
+Everything here is synchronous and knows nothing of Kafka's client: it is
+what the consumer asks of the ledger, one call per fact. The consumer runs
+these calls off the event loop, one at a time.
+
+The checkpoint is the heart of it. The batch's `MessagesCheckpointed`
+event, its quarantined messages and the next offset to read of every
+partition it covers are saved in one transaction. The store refuses the
+whole save when any of those positions does not move forward: another
+consumer (a newer owner of the partition) recorded it first. Then the
+partitions that still move forward are saved again on their own, and the
+refused ones are recorded as superseded, so that history shows the late
+checkpoint and no position ever moves backwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+import structlog
+
+from consumers.batch import Handled, Poison
+from consumers.job import ConsumerContext, ConsumerJob
+from ledger.attempt import preview_payload, save_run
+from ledger.errors import RunHeld
+from ledger.input_runs import InputRuns
+from ledger.messages import (
+    CONSUME_STEP,
+    assign_partitions,
+    checkpoint_messages,
+    partition_key,
+    quarantine_message,
+    revoke_partitions,
+    start_messages,
+    supersede_messages,
+)
+from ledger.positions import (
+    PositionRefused,
+    SourcePosition,
+    load_positions,
+    save_with_positions,
+)
+from ledger.run import Run
+from ledger.runtime import claim_run, find_run
+from ledger.store import Ledger
+from ledger.worker import lease_until
+
+__all__ = ["Checkpointed", "ConsumerRecorder", "stream_input"]
+
+log = structlog.get_logger(__name__)
+
+# A refused save is retried on the partitions that still move forward; a
+# second refusal in a row means another consumer races on them too.
+_SAVE_TRIES = 3
+
+
+def stream_input(job: ConsumerJob, member: str) -> dict[str, Any]:
+    """What a consumer run reads, recorded as its input."""
+    return {
+        "kind": "kafka",
+        "name": f"{job.group_id}/{member}",
+        "group": job.group_id,
+        "topics": sorted(job.topics),
+        "member": member,
+    }
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    """What a checkpoint came to: per partition, the recorded position."""
+
+    accepted: dict[str, int]
+    superseded: dict[str, int]
+
+
+class ConsumerRecorder:
+    """The ledger side of one consumer process."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        job: ConsumerJob,
+        job_ref: str,
+        member: str,
+        params: dict[str, Any],
+    ) -> None:
+        self.ledger = ledger
+        self.job = job
+        self.job_ref = job_ref
+        self.member = member
+        self.params = params
+        self.group = job.group_id
+        self.run: Run | None = None
+        self.attempt = 0
+        self.events = 0
+
+    @property
+    def current(self) -> Run:
+        if self.run is None:
+            raise RuntimeError("claim() first")
+        return self.run
+
+    def context(self) -> ConsumerContext:
+        return ConsumerContext(
+            run_id=self.current.id,
+            group=self.group,
+            member=self.member,
+            params=self.params,
+        )
+
+    def claim(self) -> None:
+        """Resumes this member's unfinished run, or starts a new one.
+
+        A run left open by a dead process of the same member is closed as
+        crashed first: that is how a batch that killed the process is
+        remembered.
+        """
+        source = stream_input(self.job, self.member)
+        key = f"kafka:{self.job.name}:{self.job.version}:{source['name']}"
+        run, index = find_run(self.ledger, key, new_run=False)
+        if run is not None and run.is_completed:
+            run = None
+        if run is None:
+            run = Run.start(
+                run_id=uuid4(),
+                job=self.job.name,
+                job_version=self.job.version,
+                job_ref=self.job_ref,
+                input=source,
+                params=self.params,
+                input_key=key,
+                steps=[CONSUME_STEP],
+            )
+            index = index or InputRuns.create(self.job.name, key)
+            index.add_run(run.id)
+        try:
+            self.attempt, _, self.events = claim_run(self.ledger, run, index)
+        except RunHeld as held:
+            raise RunHeld(
+                str(run.id),
+                f"{held.holder}; another consumer of group {self.group} runs as "
+                f"member {self.member!r}: give this one its own --member",
+            ) from None
+        self.run = run
+        run.start_step(self.attempt, CONSUME_STEP)
+        self._save()
+
+    def positions(self) -> dict[str, int]:
+        """The group's recorded positions, by partition key."""
+        found = load_positions(self.ledger, self.group)
+        return {partition_key(p.topic, p.partition): n for p, n in found.items()}
+
+    def record_assigned(self, partitions: list[dict[str, Any]]) -> None:
+        assign_partitions(self.current, self.attempt, self.group, partitions)
+        self._save()
+
+    def record_revoked(self, partitions: list[dict[str, Any]]) -> None:
+        revoke_partitions(self.current, self.attempt, partitions)
+        self._save()
+
+    def start_batch(self, ranges: list[dict[str, Any]]) -> int:
+        batch = start_messages(self.current, self.attempt, ranges, lease_until())
+        self._save()
+        return batch
+
+    def checkpoint(
+        self,
+        batch: int,
+        handled: Handled,
+        written: int,
+        copies: dict[tuple[str, int], str | None],
+        highwaters: dict[str, int | None],
+    ) -> Checkpointed:
+        """Records the batch and its positions; see the module docstring."""
+        ranges: list[dict[str, Any]] = [
+            {
+                "partition": key,
+                "first": first,
+                "last": last,
+                "next": last + 1,
+                "lag": max(0, (highwaters.get(key) or 0) - (last + 1)),
+            }
+            for key, (first, last) in sorted(handled.done.items())
+        ]
+        tried = {item["partition"]: item["next"] for item in ranges}
+        superseded: dict[str, int] = {}
+        for _ in range(_SAVE_TRIES):
+            try:
+                refused = [
+                    {"partition": key, "next": tried[key], "recorded": position}
+                    for key, position in sorted(superseded.items())
+                ]
+                self._save_checkpoint(batch, ranges, handled, written, copies, refused)
+                return Checkpointed(
+                    accepted={item["partition"]: item["next"] for item in ranges},
+                    superseded=superseded,
+                )
+            except PositionRefused:
+                # The pending events are gone with the refused save; start
+                # again from the store, keeping what still moves forward.
+                self.run = self.ledger.repository.get(self.current.id)
+                recorded = self.positions()
+                superseded.update(
+                    {
+                        item["partition"]: recorded[item["partition"]]
+                        for item in ranges
+                        if item["next"] <= recorded.get(item["partition"], -1)
+                    }
+                )
+                ranges = [
+                    item for item in ranges if item["partition"] not in superseded
+                ]
+        raise PositionRefused(self._positions(ranges))
+
+    def _save_checkpoint(
+        self,
+        batch: int,
+        ranges: list[dict[str, Any]],
+        handled: Handled,
+        written: int,
+        copies: dict[tuple[str, int], str | None],
+        refused: list[dict[str, Any]],
+    ) -> None:
+        run = self.current
+        kept = {item["partition"] for item in ranges}
+        if refused:
+            supersede_messages(run, self.attempt, batch, refused)
+        poison = [p for p in handled.poison if _key(p) in kept]
+        for item in poison:
+            self._quarantine(batch, item, copies)
+        if ranges:
+            checkpoint_messages(
+                run,
+                attempt=self.attempt,
+                batch=batch,
+                ranges=ranges,
+                written=written,
+                quarantined=len(poison),
+                counters=dict(handled.counters),
+                lease_until=lease_until(),
+            )
+        pending = len(run.pending_events)
+        save_with_positions(self.ledger, run, self._positions(ranges))
+
+        # Only now are they facts: a refused save recorded none of them.
+        self.events += pending
+        for item in poison:
+            log.warning(
+                "message.quarantined",
+                run_id=str(run.id),
+                topic=item.message.topic,
+                partition=item.message.partition,
+                offset=item.message.offset,
+                reason=item.reason,
+                error_class=item.error_class,
+            )
+
+    def _quarantine(
+        self, batch: int, item: Poison, copies: dict[tuple[str, int], str | None]
+    ) -> None:
+        message = item.message
+        quarantine_message(
+            self.current,
+            attempt=self.attempt,
+            batch=batch,
+            group=self.group,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            reason=item.reason,
+            error_class=item.error_class,
+            detail=item.detail[:500],
+            tries=item.tries,
+            crashes=item.crashes,
+            copied_to=copies.get((_key(item), message.offset)),
+            payload=preview_payload(self.job.preview(message)),
+        )
+
+    def _positions(self, ranges: list[dict[str, Any]]) -> dict[SourcePosition, int]:
+        positions = {}
+        for item in ranges:
+            topic, _, rest = item["partition"].rpartition("[")
+            position = SourcePosition(self.group, topic, int(rest.rstrip("]")))
+            positions[position] = item["next"]
+        return positions
+
+    def complete(self) -> None:
+        """A clean stop: the run ends; the next start begins a new one."""
+        run = self.current
+        run.complete_step(self.attempt, CONSUME_STEP)
+        run.complete(self.attempt, dict(run.totals))
+        self._save()
+
+    def fail(self, error_class: str, message: str) -> None:
+        """Records why this attempt stopped; the next start resumes the run."""
+        self.run = self.ledger.repository.get(self.current.id)
+        if self.run.attempt_open and self.run.attempt == self.attempt:
+            self.run.fail(self.attempt, CONSUME_STEP, None, error_class, message[:2000])
+            self._save()
+
+    def _save(self) -> None:
+        self.events += len(self.current.pending_events)
+        save_run(self.ledger, self.current, self.attempt)
+
+
+def _key(item: Poison) -> str:
+    return partition_key(item.message.topic, item.message.partition)
