@@ -15,7 +15,12 @@ from ledger.config import LedgerLocation
 from ledger.errors import LedgerNotCreated
 from projections.access import open_read_database, read
 from projections.database import ReadDatabase
-from projections.explain import describe_checkpoint, describe_resume, explain
+from projections.explain import (
+    describe_checkpoint,
+    describe_partitions,
+    describe_resume,
+    explain,
+)
 from projections.explain import short_id as _short
 from projections.runner import catch_up, follow_loop, rebuild
 from projections.views import (
@@ -63,13 +68,20 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
                    "resume point", "quarantined", "updated"):  # fmt: skip
         table.add_column(column)
     for run in runs:
+        checkpoint = describe_checkpoint(run.last_checkpoint)
+        resume = describe_resume(run.resume_point)
+        if run.consumer is not None:
+            # A consumer resumes per partition; its positions say where.
+            batch = run.last_checkpoint["batch"] if run.last_checkpoint else None
+            checkpoint = "none yet" if batch is None else f"batch {batch}"
+            resume = describe_partitions(run.consumer)
         table.add_row(
             run.job,
             _short(run.run_id),
             run.state,
             str(run.attempts),
-            describe_checkpoint(run.last_checkpoint),
-            describe_resume(run.resume_point),
+            checkpoint,
+            resume,
             f"{run.quarantined:,}",
             run.updated_at[:19].replace("T", " "),
         )
@@ -87,10 +99,17 @@ def history(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     if as_json:
         print_json({"run": run.as_dict(), "attempts": [a.as_dict() for a in attempts]})
         return
-    table = Table(
-        title=f"{run.job} run {run.run_id}  input {run.input['name']} "
-        f"sha256 {str(run.input['sha256'])[:12]}"
-    )
+    if run.consumer is not None:
+        title = (
+            f"{run.job} run {run.run_id}  group {run.consumer['group']} member "
+            f"{run.consumer['member']} topics {', '.join(run.consumer['topics'])}"
+        )
+    else:
+        title = (
+            f"{run.job} run {run.run_id}  input {run.input['name']} "
+            f"sha256 {str(run.input['sha256'])[:12]}"
+        )
+    table = Table(title=title)
     for column in ("attempt", "started", "ended", "outcome", "resumed from",
                    "batches", "failed at", "error"):  # fmt: skip
         table.add_column(column)
@@ -103,17 +122,29 @@ def history(ctx: click.Context, run_ref: str, as_json: bool) -> None:
         error = ""
         if attempt.error_class:
             error = f"{attempt.error_class}: {attempt.error_message or ''}"[:80]
+        outcome = attempt.outcome
+        if attempt.superseded:
+            outcome += f", {len(attempt.superseded)} superseded"
         table.add_row(
             str(attempt.attempt),
             _time(attempt.started_at),
             _time(attempt.ended_at),
-            attempt.outcome,
+            outcome,
             _resumed(attempt.resume_from),
             str(attempt.batches),
             failed_at,
             error,
         )
     console().print(table)
+
+    # A refused checkpoint is part of the story: say which, and why.
+    for attempt in attempts:
+        for item in attempt.superseded:
+            click.echo(
+                f"attempt {attempt.attempt}, batch {item['batch']}: checkpoint of "
+                f"{item['partition']} at {item['tried']:,} superseded; another "
+                f"consumer had recorded {item['recorded']:,}"
+            )
 
 
 def _time(value: str | None) -> str:

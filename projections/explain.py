@@ -13,7 +13,9 @@ from typing import Any
 from projections.views import AttemptView, RunView
 
 __all__ = [
+    "consume_command",
     "describe_checkpoint",
+    "describe_partitions",
     "describe_resume",
     "explain",
     "short_id",
@@ -82,8 +84,86 @@ def _written(run: RunView) -> str:
     return f", {last.written:,} records written by {last.step}"
 
 
+def describe_partitions(consumer: dict[str, Any]) -> str:
+    """'flights[0] at 16,667 (lag 0), flights[1] at 16,600 (Kafka behind)'."""
+    parts = []
+    for item in consumer["partitions"]:
+        notes = []
+        if item["lag"] is not None:
+            notes.append(f"lag {item['lag']:,}")
+        if item["divergence"] != "none":
+            notes.append(f"Kafka was {item['divergence']} on assignment")
+        if item["state"] != "assigned":
+            notes.append(item["state"])
+        note = f" ({', '.join(notes)})" if notes else ""
+        parts.append(f"{item['partition']} at {item['position']:,}{note}")
+    return ", ".join(parts) if parts else "no partitions assigned yet"
+
+
+def consume_command(run: RunView) -> str:
+    assert run.consumer is not None
+    return (
+        f"ledger consume {shlex.quote(run.job_ref)} "
+        f"--member {shlex.quote(run.consumer['member'])}"
+    )
+
+
+def _explain_consumer(run: RunView, attempts: list[AttemptView]) -> str:
+    consumer = run.consumer
+    assert consumer is not None
+    name = (
+        f"Consumer run {short_id(run.run_id)} of {run.job} (group "
+        f"{consumer['group']}, member {consumer['member']})"
+    )
+    handled = run.steps[0].records if run.steps else 0
+    done = f"{handled:,} messages handled in {run.batches_done:,} batches"
+    where = f"partitions: {describe_partitions(consumer)}"
+    quarantined = _quarantine(run).replace("records", "messages")
+    superseded = ""
+    if consumer["superseded"]:
+        superseded = (
+            f"; {consumer['superseded']} partition checkpoints were refused "
+            "because another consumer had recorded them first (see `ledger "
+            f"history {short_id(run.run_id)}`)"
+        )
+    command = f"`{consume_command(run)}`"
+
+    if run.state == "completed":
+        return (
+            f"{name} stopped cleanly on attempt {run.attempts} after {done}; "
+            f"{where}; {quarantined}{superseded}; nothing to recover: {command} "
+            "goes on from these positions."
+        )
+    if run.state == "running":
+        return (
+            f"{name} is consuming on attempt {run.attempts} "
+            f"({run.worker_evidence}); {done}; {where}; {quarantined}"
+            f"{superseded}; nothing to do while it runs."
+        )
+    if run.state == "failed" and run.failure is not None:
+        failure = run.failure
+        return (
+            f"{name} failed on attempt {run.attempts} with "
+            f"{failure['error_class']}: {_clip(failure['error_message'])}; {done}; "
+            f"{where}; {quarantined}{superseded}; fix the cause, then recover "
+            f"with {command}."
+        )
+    last = attempts[-1] if attempts else None
+    evidence = run.worker_evidence or (
+        last.error_message if last and last.error_message else "worker lost"
+    )
+    return (
+        f"{name} stopped on attempt {run.attempts} without recording an outcome "
+        f"({evidence}); the batch it was handling will be handled again, one "
+        f"message at a time; {done}; {where}; {quarantined}{superseded}; "
+        f"recover with {command}."
+    )
+
+
 def explain(run: RunView, attempts: list[AttemptView]) -> str:
     """One sentence: what happened, where it resumes, and what to run."""
+    if run.consumer is not None:
+        return _explain_consumer(run, attempts)
     name = f"Run {short_id(run.run_id)} of {run.job}"
     resume = describe_resume(run.resume_point)
     recover = f"`ledger resume {short_id(run.run_id)}`"

@@ -11,25 +11,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
+from projections.messages import (
+    MESSAGE_HANDLERS,
+    MESSAGES_TOPIC_PREFIX,
+    stream_started,
+)
+from projections.statements import Statement, counter_statements, json_text
 
 __all__ = ["Statement", "statements_for"]
 
-Statement = tuple[str, tuple[Any, ...]]
 _Handler = Callable[[str, dict[str, Any]], list[Statement]]
 
 RUN_TOPIC_PREFIX = "ledger.run:Run."
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 def statements_for(run_id: str, topic: str, state: dict[str, Any]) -> list[Statement]:
     """The read-table updates one event implies; none for other topics."""
-    if not topic.startswith(RUN_TOPIC_PREFIX):
+    if topic.startswith(MESSAGES_TOPIC_PREFIX):
+        handler = MESSAGE_HANDLERS.get(topic[len(MESSAGES_TOPIC_PREFIX) :])
+    elif topic.startswith(RUN_TOPIC_PREFIX):
+        handler = _HANDLERS.get(topic[len(RUN_TOPIC_PREFIX) :])
+    else:
         return []
-    handler = _HANDLERS.get(topic[len(RUN_TOPIC_PREFIX) :])
     return handler(run_id, state) if handler else []
 
 
@@ -45,7 +48,7 @@ def _started(run_id: str, e: dict[str, Any]) -> list[Statement]:
             (
                 run_id, e["job"], e["job_version"], e["job_ref"],
                 source.get("name"), source.get("path"), source.get("size"),
-                source.get("sha256"), _json(e["params"]), _json(e["steps"]),
+                source.get("sha256"), json_text(e["params"]), json_text(e["steps"]),
                 e["timestamp"],
             ),
         )
@@ -60,11 +63,11 @@ def _started(run_id: str, e: dict[str, Any]) -> list[Statement]:
                 (run_id, step, ordinal),
             )
         )
-    return statements
+    return statements + stream_started(run_id, e)
 
 
 def _attempt_started(run_id: str, e: dict[str, Any]) -> list[Statement]:
-    resume = _json(e["resume"]) if e.get("resume") else None
+    resume = json_text(e["resume"]) if e.get("resume") else None
     return [
         (
             "UPDATE proj_runs SET state = 'running', attempts = $2, worker = $3, "
@@ -74,7 +77,7 @@ def _attempt_started(run_id: str, e: dict[str, Any]) -> list[Statement]:
             (
                 run_id,
                 e["attempt"],
-                _json(e["worker"]),
+                json_text(e["worker"]),
                 e["lease_until"],
                 e["timestamp"],
             ),
@@ -85,7 +88,14 @@ def _attempt_started(run_id: str, e: dict[str, Any]) -> list[Statement]:
             "SELECT $1, $2, $3, 'running', $4, $5, 0, input_sha256 "
             "FROM proj_runs WHERE run_id = $6 "
             "ON CONFLICT (run_id, attempt) DO NOTHING",
-            (run_id, e["attempt"], e["timestamp"], _json(e["worker"]), resume, run_id),
+            (
+                run_id,
+                e["attempt"],
+                e["timestamp"],
+                json_text(e["worker"]),
+                resume,
+                run_id,
+            ),
         ),
     ]
 
@@ -165,16 +175,7 @@ def _batch_checkpointed(run_id: str, e: dict[str, Any]) -> list[Statement]:
             (run_id, e["attempt"]),
         ),
     ]  # fmt: skip
-    for name, value in sorted(e["counters"].items()):
-        statements.append(
-            (
-                "INSERT INTO proj_counters (run_id, name, value) VALUES ($1, $2, $3) "
-                "ON CONFLICT (run_id, name) DO UPDATE "
-                "SET value = proj_counters.value + excluded.value",
-                (run_id, name, value),
-            )
-        )
-    return statements
+    return statements + counter_statements(run_id, e["counters"])
 
 
 def _record_quarantined(run_id: str, e: dict[str, Any]) -> list[Statement]:
@@ -186,7 +187,7 @@ def _record_quarantined(run_id: str, e: dict[str, Any]) -> list[Statement]:
             "ON CONFLICT (quarantine_id) DO NOTHING",
             (
                 e["quarantine_id"], run_id, e["step"], e["batch"], e["record"],
-                e["reason"], e["detail"], e["attempt"], _json(e["payload"]),
+                e["reason"], e["detail"], e["attempt"], json_text(e["payload"]),
                 e["timestamp"],
             ),
         )

@@ -18,6 +18,9 @@ TABLES = (
     "proj_attempts",
     "proj_counters",
     "proj_quarantine",
+    "proj_streams",
+    "proj_partitions",
+    "proj_superseded",
 )
 
 DDL = (
@@ -122,4 +125,43 @@ DDL = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS proj_quarantine_run ON proj_quarantine (run_id)",
+    # Consumer runs: their group and member, where each partition stands,
+    # and the checkpoints refused because another consumer got there first.
+    """
+    CREATE TABLE IF NOT EXISTS proj_streams (
+        run_id TEXT PRIMARY KEY,
+        grp TEXT NOT NULL,
+        member TEXT NOT NULL,
+        topics TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS proj_partitions (
+        run_id TEXT NOT NULL,
+        part TEXT NOT NULL,
+        state TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        lag BIGINT,
+        source TEXT NOT NULL,
+        ledger_position BIGINT,
+        kafka_position BIGINT,
+        divergence TEXT NOT NULL,
+        assigned_at TEXT NOT NULL,
+        checkpointed_at TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, part)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS proj_superseded (
+        run_id TEXT NOT NULL,
+        attempt BIGINT NOT NULL,
+        batch BIGINT NOT NULL,
+        part TEXT NOT NULL,
+        tried BIGINT NOT NULL,
+        recorded BIGINT NOT NULL,
+        superseded_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, batch, part)
+    )
+    """,
 )

@@ -68,6 +68,11 @@ class RunView:
     updated_at: str = ""
     ended_at: str | None = None
 
+    # A consumer run's group, member, topics and partitions; None for a
+    # file job. Each partition: partition, state, position (next offset to
+    # read), lag, source, ledger_position, kafka_position, divergence.
+    consumer: dict[str, Any] | None = None
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -87,6 +92,11 @@ class AttemptView:
     error_class: str | None
     error_message: str | None
     input_sha256: str | None
+
+    # Checkpoints of this attempt the ledger refused, because another
+    # consumer had recorded those partitions first: batch, partition,
+    # tried (the position refused) and recorded (the one kept).
+    superseded: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +197,7 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
         }
     state, evidence = _effective_state(row)
     by_reason = {r["reason"]: int(r["n"]) for r in reasons}
+    consumer = await _consumer_view(db, run_id)
     return RunView(
         run_id=run_id,
         job=row["job"],
@@ -217,7 +228,32 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
         started_at=row["started_at"],
         updated_at=row["updated_at"],
         ended_at=row["ended_at"],
+        consumer=consumer,
     )
+
+
+async def _consumer_view(db: ReadDatabase, run_id: str) -> dict[str, Any] | None:
+    streams = await db.fetch("SELECT * FROM proj_streams WHERE run_id = $1", run_id)
+    if not streams:
+        return None
+    partitions = await db.fetch(
+        "SELECT part, state, position, lag, source, ledger_position, "
+        "kafka_position, divergence, checkpointed_at FROM proj_partitions "
+        "WHERE run_id = $1 ORDER BY part",
+        run_id,
+    )
+    superseded = await db.fetch(
+        "SELECT COUNT(*) AS n FROM proj_superseded WHERE run_id = $1", run_id
+    )
+    return {
+        "group": streams[0]["grp"],
+        "member": streams[0]["member"],
+        "topics": _loads(streams[0]["topics"]),
+        "partitions": [
+            {"partition": p.pop("part"), **p} for p in (dict(p) for p in partitions)
+        ],
+        "superseded": int(superseded[0]["n"]),
+    }
 
 
 async def list_runs(db: ReadDatabase, job: str | None = None) -> list[RunView]:
@@ -269,6 +305,20 @@ async def list_attempts(
     )
     if run_state == "interrupted" and rows and rows[-1]["outcome"] == "running":
         rows[-1] = {**rows[-1], "outcome": "interrupted"}
+    superseded: dict[int, list[dict[str, Any]]] = {}
+    for item in await db.fetch(
+        "SELECT attempt, batch, part, tried, recorded FROM proj_superseded "
+        "WHERE run_id = $1 ORDER BY batch, part",
+        run_id,
+    ):
+        superseded.setdefault(item["attempt"], []).append(
+            {
+                "batch": item["batch"],
+                "partition": item["part"],
+                "tried": item["tried"],
+                "recorded": item["recorded"],
+            }
+        )
     return [
         AttemptView(
             run_id=r["run_id"],
@@ -284,6 +334,7 @@ async def list_attempts(
             error_class=r["error_class"],
             error_message=r["error_message"],
             input_sha256=r["input_sha256"],
+            superseded=superseded.get(r["attempt"], []),
         )
         for r in rows
     ]
