@@ -2,8 +2,10 @@
 
 The events come from real runs of the flights job through the library: a
 clean run, a run whose output refuses one batch, and the resume of that run
-after a worker died holding it. Together they store every event type, so a
-field no schema describes, or a schema no run produces, fails here.
+after a worker died holding it; and from two members of a consumer group
+driven through the consumer's ledger side, without Kafka (see
+consumer_events). Together they store every event type, so a field no
+schema describes, or a schema no run produces, fails here.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 from uuid import UUID
 
 import orjson
 import pytest
 from conftest import FLIGHTS_JOB, REPO
+from consumer_events import record_consumer_runs
 from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic
 from jsonschema import Draft202012Validator, FormatChecker
 
 from ledger import Checkpoint, Job, JobFailed, Record, RunContext, Step
 from ledger import input_runs as input_runs_module
+from ledger import messages as messages_module
 from ledger import run as run_module
 from ledger.config import parse_ledger_url
 from ledger.loader import load_job
@@ -155,6 +160,7 @@ def events(
     """(topic, decoded state) of every event the runs stored, in log order."""
     with opened(parse_ledger_url(sqlite_url)) as ledger:
         run_every_outcome(ledger, small_flights, tmp_path)
+        record_consumer_runs(ledger)
         return stored_events(ledger)
 
 
@@ -173,29 +179,36 @@ def current_schemas() -> dict[str, dict[str, Any]]:
     return schemas
 
 
-# The modules whose aggregates store events.
-AGGREGATE_MODULES = (run_module, input_runs_module)
+# The modules that define stored events: nested in their aggregates, or (for
+# ledger.messages, whose events a Run triggers) at module level.
+EVENT_MODULES = (run_module, input_runs_module, messages_module)
+
+
+def _defined_in(module: ModuleType, base: type) -> list[type]:
+    return [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, base)
+        and value.__module__ == module.__name__
+    ]
 
 
 def event_classes() -> dict[str, type[Aggregate.Event]]:
     """Every event class the ledger's aggregates can store, by stored topic."""
     found: dict[str, type[Aggregate.Event]] = {}
-    aggregates = [
-        value
-        for module in AGGREGATE_MODULES
-        for value in vars(module).values()
-        if isinstance(value, type)
-        and issubclass(value, Aggregate)
-        and value.__module__ == module.__name__
-    ]
-    for aggregate in aggregates:
-        for name, value in vars(aggregate).items():
-            # The library gives every aggregate an `Event` and a `Created` base
-            # class of its own; the ledger stores only its named subclasses.
-            if name in ("Event", "Created"):
-                continue
-            if isinstance(value, type) and issubclass(value, Aggregate.Event):
-                found[get_topic(value)] = value
+    for module in EVENT_MODULES:
+        for event in _defined_in(module, Aggregate.Event):
+            found[get_topic(event)] = event
+        for aggregate in _defined_in(module, Aggregate):
+            for name, value in vars(aggregate).items():
+                # The library gives every aggregate an `Event` and a `Created`
+                # base class of its own; the ledger stores only its named
+                # subclasses.
+                if name in ("Event", "Created"):
+                    continue
+                if isinstance(value, type) and issubclass(value, Aggregate.Event):
+                    found[get_topic(value)] = value
     return found
 
 
@@ -351,4 +364,34 @@ def test_broken_checkpoints_do_not_validate(
         breakage(state)
         if validator.is_valid(state):
             accepted.append(name)
+    assert accepted == []
+
+
+# In the first item of a consumer event's list: a field, and a value its
+# schema must refuse.
+ITEM_BREAKAGES = [
+    ("PartitionsAssigned", "partitions", "divergence", "sideways"),
+    ("PartitionsAssigned", "partitions", "source", "zookeeper"),
+    ("PartitionsAssigned", "partitions", "kafka", -1),
+    ("MessagesCheckpointed", "ranges", "lag", -1),
+    ("MessagesCheckpointed", "ranges", "partition", "numbers-0"),
+    ("MessagesSuperseded", "partitions", "recorded", None),
+]
+
+
+def test_broken_partition_items_do_not_validate(
+    events: list[tuple[str, dict[str, Any]]],
+) -> None:
+    schemas = current_schemas()
+    accepted = []
+    for name, items, field, value in ITEM_BREAKAGES:
+        topic = f"ledger.messages:{name}"
+        validator = validator_for(schemas[topic])
+        real = next(state for seen, state in events if seen == topic)
+        assert validator.is_valid(real), topic
+
+        state = copy.deepcopy(real)
+        state[items][0][field] = value
+        if validator.is_valid(state):
+            accepted.append((name, field, value))
     assert accepted == []

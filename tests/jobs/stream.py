@@ -1,0 +1,88 @@
+"""A consumer job for the tests: numbers from a topic into a SQLite sink.
+
+Each message's value is JSON: `{"n": 7}`. The sink keys rows by (topic,
+partition, offset) and counts deliveries, so a test can tell that a batch
+was handled twice (deliveries > 1) and that the sink still holds it once.
+
+Poison on demand, by the message's `poison` field:
+
+- `raise`: the handler raises ValueError every time;
+- `kill`: the handler kills its own process with SIGKILL;
+- `stall`: the handler writes STREAM_STALL_FILE + ".reached" and waits
+  until STREAM_STALL_FILE exists (only when STREAM_STALL_FILE is set).
+
+Environment: STREAM_TOPIC, STREAM_GROUP, STREAM_SINK (required),
+STREAM_BATCH (max records per batch, default 200).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from consumers import ConsumerContext, ConsumerJob, Message, RetryPolicy
+from ledger import Reject
+
+
+class StreamNumbers(ConsumerJob):
+    name = "stream-numbers"
+    version = "1"
+    group_id = os.environ.get("STREAM_GROUP", "stream-numbers")
+    topics = (os.environ.get("STREAM_TOPIC", "stream-numbers"),)
+    batch_max_records = int(os.environ.get("STREAM_BATCH", "200"))
+    batch_max_seconds = 0.3
+    retry = RetryPolicy(attempts=3, backoff_seconds=0.01)
+    parameters: ClassVar[dict[str, Any]] = {
+        "sink": os.environ.get("STREAM_SINK", "stream-sink.sqlite")
+    }
+    sensitive_fields = frozenset({"secret"})
+
+    def open(self, context: ConsumerContext) -> None:
+        self.db = sqlite3.connect(context.params["sink"], isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS sink (topic TEXT, part INTEGER, "
+            "off INTEGER, n INTEGER, deliveries INTEGER NOT NULL DEFAULT 1, "
+            "PRIMARY KEY (topic, part, off))"
+        )
+
+    def handle(self, message: Message, counters: Counter[str]) -> Any:
+        value = message.json()
+        poison = value.get("poison")
+        if poison == "raise":
+            raise ValueError(f"poison message {value['n']}")
+        if poison == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if poison == "reject":
+            raise Reject("rejected", f"message {value['n']} is marked bad", value)
+        if poison == "stall" and os.environ.get("STREAM_STALL_FILE"):
+            release = Path(os.environ["STREAM_STALL_FILE"])
+            release.with_suffix(".reached").write_text(str(message.offset))
+            deadline = time.monotonic() + 120
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        counters["numbers"] += 1
+        return int(value["n"])
+
+    def write(self, outputs: Sequence[tuple[Message, Any]]) -> int:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO sink (topic, part, off, n) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (topic, part, off) DO UPDATE "
+                "SET deliveries = deliveries + 1",
+                [(m.topic, m.partition, m.offset, n) for m, n in outputs],
+            )
+        return len(outputs)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+job = StreamNumbers()
