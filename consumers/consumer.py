@@ -21,6 +21,7 @@ the next owner notices, reports and repairs on assignment.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import signal
 import time
@@ -132,6 +133,7 @@ class LedgerConsumer:
         # assignment callback sought the partition to the ledger's
         # position; those are dropped, never handled.
         self._next: dict[str, int] = {}
+        self._buffer: dict[str, collections.deque[Message]] = {}
         self._started = time.monotonic()
         self.summary = ConsumerSummary(run_id="", attempt=0)
         self._consumer: AIOKafkaConsumer | None = None
@@ -283,47 +285,68 @@ class LedgerConsumer:
         """A batch: up to `batch_max_records` messages, or what came within
         `batch_max_seconds` of the first one."""
         limit = self.job.batch_max_records
-        batch: dict[str, list[Message]] = {}
-        count = 0
-        deadline: float | None = None
-        while count < limit and not self._stop.is_set():
+        deadline = (
+            time.monotonic() + self.job.batch_max_seconds if self._buffered() else None
+        )
+        while self._buffered() < limit and not self._stop.is_set():
             wait = self.job.batch_max_seconds
             if deadline is not None:
                 wait = deadline - time.monotonic()
                 if wait <= 0:
                     break
-            fetched = await self.consumer.getmany(
-                timeout_ms=int(wait * 1000), max_records=limit - count
-            )
-            if not fetched:
-                if deadline is None:
-                    return batch
-                continue
-            for tp, records in fetched.items():
-                key = _tp_key(tp)
-                expected = self._next.get(key)
-                if expected is None:
-                    continue
-                messages = [
-                    Message(
-                        topic=r.topic,
-                        partition=r.partition,
-                        offset=r.offset,
-                        key=r.key,
-                        value=r.value,
-                        headers=tuple(r.headers or ()),
-                        timestamp=r.timestamp,
-                    )
-                    for r in records
-                    if r.offset >= expected
-                ]
-                if messages:
-                    batch.setdefault(key, []).extend(messages)
-                    self._next[key] = messages[-1].offset + 1
-                    count += len(messages)
+            fetched = await self.consumer.getmany(timeout_ms=int(wait * 1000))
+            self._accept(fetched)
             if deadline is None:
+                if not self._buffered():
+                    return {}
                 deadline = time.monotonic() + self.job.batch_max_seconds
+        return self._take(limit)
+
+    def _buffered(self) -> int:
+        return sum(len(messages) for messages in self._buffer.values())
+
+    def _accept(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        """Buffers fetched records of the partitions this consumer has
+        positioned, from the next offset it expects on."""
+        for tp, records in fetched.items():
+            key = _tp_key(tp)
+            expected = self._next.get(key)
+            if expected is None:
+                continue
+            messages = [
+                Message(
+                    topic=r.topic,
+                    partition=r.partition,
+                    offset=r.offset,
+                    key=r.key,
+                    value=r.value,
+                    headers=tuple(r.headers or ()),
+                    timestamp=r.timestamp,
+                )
+                for r in records
+                if r.offset >= expected
+            ]
+            if messages:
+                self._buffer.setdefault(key, collections.deque()).extend(messages)
+                self._next[key] = messages[-1].offset + 1
+
+    def _take(self, limit: int) -> dict[str, list[Message]]:
+        """Up to `limit` buffered messages, taken from every partition in
+        turn: aiokafka hands out one partition's records first, which would
+        leave the others waiting while the first has any."""
+        batch: dict[str, list[Message]] = {}
+        taken = 0
+        while taken < limit and self._buffered():
+            for key in sorted(self._buffer):
+                queue = self._buffer[key]
+                if queue and taken < limit:
+                    batch.setdefault(key, []).append(queue.popleft())
+                    taken += 1
         return batch
+
+    def _forget(self, key: str) -> None:
+        """Drops what was fetched for a partition that moved or was sought."""
+        self._buffer.pop(key, None)
 
     async def _caught_up(self) -> bool:
         assigned = list(self.consumer.assignment())
@@ -422,6 +445,7 @@ class LedgerConsumer:
             if key in assigned:
                 self.consumer.seek(assigned[key], position)
                 self._next[key] = position
+                self._forget(key)
         await self._commit_kafka(number, result.accepted, assigned)
 
     async def _commit_kafka(
@@ -456,6 +480,7 @@ class LedgerConsumer:
         self._revoking |= keys
         for key in keys:
             self._next.pop(key, None)
+            self._forget(key)
         if self._stop.is_set() or not keys:
             return
 
@@ -518,6 +543,7 @@ class LedgerConsumer:
         start, source, divergence = chosen
         self.consumer.seek(tp, start)
         self._next[key] = start
+        self._forget(key)
 
         if divergence != "none":
             log.warning(

@@ -12,7 +12,8 @@ Poison on demand, by the message's `poison` field:
   until STREAM_STALL_FILE exists (only when STREAM_STALL_FILE is set).
 
 Environment: STREAM_TOPIC, STREAM_GROUP, STREAM_SINK (required),
-STREAM_BATCH (max records per batch, default 200).
+STREAM_BATCH (max records per batch, default 200), STREAM_SLOW_MS (time
+each message takes, default 0).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class StreamNumbers(ConsumerJob):
     sensitive_fields = frozenset({"secret"})
 
     def open(self, context: ConsumerContext) -> None:
+        self.slow = int(os.environ.get("STREAM_SLOW_MS", "0")) / 1000
         self.db = sqlite3.connect(context.params["sink"], isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(
@@ -67,6 +69,8 @@ class StreamNumbers(ConsumerJob):
             deadline = time.monotonic() + 120
             while not release.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
+        if self.slow:
+            time.sleep(self.slow)
         counters["numbers"] += 1
         return int(value["n"])
 
