@@ -22,7 +22,9 @@ __all__ = ["consume"]
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
-def _params(job: ConsumerJob, pairs: tuple[str, ...]) -> dict[str, Any]:
+def _params(
+    job: ConsumerJob, pairs: tuple[str, ...], bootstrap_servers: str = ""
+) -> dict[str, Any]:
     """The job's parameters with `--param` values, plus the policies in
     force, so that the run records what it ran with."""
     from ledger.inputs import convert_param
@@ -41,6 +43,11 @@ def _params(job: ConsumerJob, pairs: tuple[str, ...]) -> dict[str, Any]:
         retry_attempts=job.retry.attempts,
         max_crashes=job.quarantine.max_crashes,
     )
+
+    # Where the broker was, so that `ledger explain` can name the command
+    # that resumes; not part of the run's identity.
+    if bootstrap_servers:
+        params["bootstrap_servers"] = bootstrap_servers
     return params
 
 
@@ -64,9 +71,11 @@ def _check_job(job: ConsumerJob, job_ref: str) -> None:
 @click.option(
     "--bootstrap-servers",
     envvar="KAFKA_BOOTSTRAP_SERVERS",
+    show_envvar=True,
     default=DEFAULT_BOOTSTRAP,
     show_default=True,
-    help="Kafka brokers, host:port[,host:port].",
+    help="Kafka brokers, host:port[,host:port] (scripts/kafka.sh's broker "
+    "is 127.0.0.1:19092).",
 )
 @click.option(
     "--member",
@@ -106,7 +115,7 @@ def consume(
 
     job = load_job(job_ref, ConsumerJob)  # type: ignore[type-abstract]
     _check_job(job, job_ref)
-    params = _params(job, param_pairs)
+    params = _params(job, param_pairs, bootstrap_servers)
     member = member or socket.gethostname()
     if Path(job_ref).is_file():
         job_ref = str(Path(job_ref).resolve())

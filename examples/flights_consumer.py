@@ -179,9 +179,20 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--limit", type=int, default=400_000)
     args = parser.parse_args()
-    sent = asyncio.run(
-        publish(args.bootstrap_servers, args.topic, args.partitions, args.limit)
-    )
+    from aiokafka.errors import KafkaError
+
+    try:
+        sent = asyncio.run(
+            publish(args.bootstrap_servers, args.topic, args.partitions, args.limit)
+        )
+    except KafkaError as error:
+        print(
+            f"error: Kafka at {args.bootstrap_servers!r} did not answer "
+            f"({type(error).__name__}); start it with scripts/kafka.sh and pass "
+            "its address with --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     print(orjson.dumps({"topic": args.topic, "published": sent}).decode())
 
 

@@ -130,7 +130,7 @@ def history(ctx: click.Context, run_ref: str, as_json: bool) -> None:
             _time(attempt.started_at),
             _time(attempt.ended_at),
             outcome,
-            _resumed(attempt.resume_from),
+            _resumed(attempt.resume_from, consumer=run.consumer is not None),
             str(attempt.batches),
             failed_at,
             error,
@@ -151,7 +151,13 @@ def _time(value: str | None) -> str:
     return value[:19].replace("T", " ") if value else ""
 
 
-def _resumed(resume: dict[str, Any] | None) -> str:
+def _resumed(resume: dict[str, Any] | None, *, consumer: bool = False) -> str:
+    if consumer:
+        # A consumer resumes each partition at the group's ledger position,
+        # whatever this run has done so far.
+        after = (resume or {}).get("after_record") or 0
+        done = f" (after message {after:,} of this run)" if after else ""
+        return f"the group's positions{done}"
     if not resume or (not resume.get("after_record") and not resume.get("batch")):
         return "start" if not resume else f"{resume['step']} from the start"
     if not resume.get("after_record"):

@@ -312,6 +312,13 @@ def resume(
 
     location = location_of(ctx)
     view = read(location, lambda db: find_run(db, run_ref))
+    if view.consumer is not None:
+        from projections.explain import consume_command
+
+        raise LedgerError(
+            f"run {view.run_id} is a Kafka consumer's run; it resumes when its "
+            f"member starts again: `{consume_command(view)}`"
+        )
     if view.state == "completed":
         raise LedgerError(f"run {view.run_id} is already completed; nothing to resume")
     job = load_job(view.job_ref)

@@ -102,10 +102,11 @@ def describe_partitions(consumer: dict[str, Any]) -> str:
 
 def consume_command(run: RunView) -> str:
     assert run.consumer is not None
-    return (
-        f"ledger consume {shlex.quote(run.job_ref)} "
-        f"--member {shlex.quote(run.consumer['member'])}"
-    )
+    command = f"ledger consume {shlex.quote(run.job_ref)}"
+    bootstrap = run.params.get("bootstrap_servers")
+    if bootstrap:
+        command += f" --bootstrap-servers {shlex.quote(str(bootstrap))}"
+    return f"{command} --member {shlex.quote(run.consumer['member'])}"
 
 
 def _explain_consumer(run: RunView, attempts: list[AttemptView]) -> str:
@@ -128,7 +129,7 @@ def _explain_consumer(run: RunView, attempts: list[AttemptView]) -> str:
         )
     command = f"`{consume_command(run)}`"
 
-    if run.state == "completed":
+    if run.state == "stopped":
         return (
             f"{name} stopped cleanly on attempt {run.attempts} after {done}; "
             f"{where}; {quarantined}{superseded}; nothing to recover: {command} "

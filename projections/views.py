@@ -198,6 +198,11 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
     state, evidence = _effective_state(row)
     by_reason = {r["reason"]: int(r["n"]) for r in reasons}
     consumer = await _consumer_view(db, run_id)
+
+    # A consumer's run ends when it is stopped, not when its topics run
+    # dry: "completed" would read as "nothing left to consume".
+    if consumer is not None and state == "completed":
+        state = "stopped"
     return RunView(
         run_id=run_id,
         job=row["job"],
@@ -217,7 +222,9 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
         current_step=row["current_step"],
         current_batch=row["current_batch"],
         last_checkpoint=checkpoint,
-        resume_point=None if state == "completed" else _resume_point(steps),
+        resume_point=None
+        if state in ("completed", "stopped")
+        else _resume_point(steps),
         batches_done=row["batches_done"],
         failure=failure,
         worker_evidence=evidence,
@@ -305,6 +312,10 @@ async def list_attempts(
     )
     if run_state == "interrupted" and rows and rows[-1]["outcome"] == "running":
         rows[-1] = {**rows[-1], "outcome": "interrupted"}
+
+    # A consumer's attempt that ended cleanly stopped; its topics go on.
+    if run_state == "stopped" and rows and rows[-1]["outcome"] == "completed":
+        rows[-1] = {**rows[-1], "outcome": "stopped"}
     superseded: dict[int, list[dict[str, Any]]] = {}
     for item in await db.fetch(
         "SELECT attempt, batch, part, tried, recorded FROM proj_superseded "

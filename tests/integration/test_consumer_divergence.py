@@ -53,6 +53,15 @@ def test_restart_after_crash_between_commits_seeks_to_ledger_and_reports(
     assert ledger_positions(sqlite_url, group, topic) == {0: 3 * BATCH}
     assert kafka_committed(group, topic) == {0: 2 * BATCH}
 
+    # The dead consumer's story names the one command that recovers it.
+    shown = ledger_command(["status", "--json"], url=sqlite_url, cwd=tmp_path)
+    (dead,) = orjson.loads(shown.stdout)
+    assert dead["state"] == "interrupted"
+    story = ledger_command(["explain", dead["run_id"]], url=sqlite_url, cwd=tmp_path)
+    assert "without recording an outcome" in story.stdout
+    assert f"{topic}[0] at {3 * BATCH:,}" in story.stdout
+    assert "--member diverge`" in story.stdout, story.stdout
+
     # The restart starts from the ledger and says Kafka was behind.
     restarted = ConsumerProcess(**common, until_idle=1.5)
     assert restarted.wait() == 0, restarted.tail()

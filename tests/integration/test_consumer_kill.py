@@ -108,4 +108,4 @@ def test_kill_nine_many_times_loses_nothing_and_duplicates_nothing(
     )
     attempts = orjson.loads(history.stdout)["attempts"]
     assert sum(a["outcome"] == "crashed" for a in attempts) == kills
-    assert attempts[-1]["outcome"] == "completed"
+    assert attempts[-1]["outcome"] == "stopped"
