@@ -26,7 +26,7 @@ from typing import Any
 
 from consumers.job import ConsumerJob, Message
 from ledger.job import Reject
-from ledger.messages import crash_count
+from ledger.messages import crash_count, crashed_alone
 from ledger.run import Run
 
 __all__ = ["Handled", "Poison", "handle_batch", "split_suspects"]
@@ -45,6 +45,9 @@ class Poison:
     tries: int
     crashes: int
 
+    # What else befell it on the way to quarantine (a failed copy).
+    notes: list[str] = field(default_factory=list)
+
 
 @dataclass
 class Handled:
@@ -54,8 +57,10 @@ class Handled:
     poison: list[Poison] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
 
-    # Per partition: (first, last) offsets handled, in order, with no gap.
+    # Per partition: (first, last) offsets handled, in order, none skipped
+    # (the log itself may skip offsets), and how many messages that was.
     done: dict[str, tuple[int, int]] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
 
 
 def _is_suspect(run: Run, message: Message) -> bool:
@@ -103,13 +108,16 @@ def handle_batch(
             _handle_one(job, run, message, handled)
             first, _ = handled.done.get(key, (message.offset, message.offset))
             handled.done[key] = (first, message.offset)
+            handled.counts[key] += 1
     return handled
 
 
 def _handle_one(job: ConsumerJob, run: Run, message: Message, handled: Handled) -> None:
-    # A message that crashed the worker often enough is not handled again.
+    # A message that crashed the worker often enough, once at least while
+    # handled alone, is not handled again.
     crashes = crash_count(run, message.topic, message.partition, message.offset)
-    if crashes >= job.quarantine.max_crashes:
+    alone = crashed_alone(run, message.topic, message.partition, message.offset)
+    if crashes >= job.quarantine.max_crashes and alone:
         handled.poison.append(
             Poison(
                 message,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -51,15 +52,31 @@ def _params(
     return params
 
 
+# What Kafka accepts as a topic name.
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
 def _check_job(job: ConsumerJob, job_ref: str) -> None:
     """A consumer job's settings, checked before anything is recorded."""
     problems = []
-    if not getattr(job, "group_id", "") or ":" in job.group_id:
+    group = getattr(job, "group_id", "")
+    if not isinstance(group, str) or not group or ":" in group:
         problems.append("group_id must be set and hold no ':'")
-    if not getattr(job, "topics", ()):
-        problems.append("topics must name at least one topic")
-    if job.batch_max_records < 1 or job.batch_max_seconds <= 0:
-        problems.append("batch_max_records and batch_max_seconds must be positive")
+    topics = getattr(job, "topics", ())
+    if isinstance(topics, str) or not isinstance(topics, tuple | list) or not topics:
+        problems.append("topics must be a tuple of topic names, such as ('orders',)")
+    else:
+        bad = [t for t in topics if not isinstance(t, str) or not _TOPIC.fullmatch(t)]
+        if bad:
+            problems.append(
+                f"topics {bad!r} are not Kafka topic names (letters, digits, "
+                "'.', '_' and '-', at most 249)"
+            )
+    records, seconds = job.batch_max_records, job.batch_max_seconds
+    if not isinstance(records, int) or isinstance(records, bool) or records < 1:
+        problems.append("batch_max_records must be a whole number, 1 or more")
+    if not isinstance(seconds, int | float) or not 0 < seconds < 3600:
+        problems.append("batch_max_seconds must be a number of seconds in (0, 3600)")
     if job.auto_offset_reset not in ("earliest", "latest"):
         problems.append("auto_offset_reset must be 'earliest' or 'latest'")
     if problems:
@@ -113,6 +130,9 @@ def consume(
     from ledger.store import opened
     from projections.access import catch_up_quietly
 
+    _check_bootstrap(bootstrap_servers)
+    if member is not None and not member.strip():
+        raise InputError("--member ''", "is empty", "name the member, or leave it out")
     job = load_job(job_ref, ConsumerJob)  # type: ignore[type-abstract]
     _check_job(job, job_ref)
     params = _params(job, param_pairs, bootstrap_servers)
@@ -152,6 +172,18 @@ def consume(
         )
     table.add_row("elapsed", f"{summary.elapsed:.1f} s")
     console().print(table)
+
+
+def _check_bootstrap(servers: str) -> None:
+    """host:port[,host:port], each port a number Kafka could listen on."""
+    for server in servers.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InputError(
+                f"--bootstrap-servers {servers}",
+                f"{server.strip()!r} is not host:port",
+                "write host:port[,host:port], such as 127.0.0.1:19092",
+            )
 
 
 def _kafka_options() -> dict[str, Any]:

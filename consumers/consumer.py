@@ -96,6 +96,21 @@ def _tp_key(tp: TopicPartition) -> str:
     return partition_key(tp.topic, tp.partition)
 
 
+class PositionPastLogEnd(LedgerError):
+    """A partition's recorded position is past the end of its log."""
+
+    def __init__(self, partition: str, position: int, end: int) -> None:
+        super().__init__(
+            f"{partition}: the ledger's position {position:,} is past the end of "
+            f"the partition's log ({end:,}): the topic was deleted and made "
+            "again, or truncated; positions never move back, so consume the "
+            "new topic with a new group_id"
+        )
+        self.partition = partition
+        self.position = position
+        self.end = end
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: LedgerConsumer) -> None:
         self.owner = owner
@@ -134,6 +149,14 @@ class LedgerConsumer:
         # position; those are dropped, never handled.
         self._next: dict[str, int] = {}
         self._buffer: dict[str, collections.deque[Message]] = {}
+
+        # An assignment the consumer must not go on from; the loop raises it.
+        self._fatal: LedgerError | None = None
+
+        # For --until-idle: a rebalance is activity, and a member that was
+        # never given a partition is not idle but waiting.
+        self._last_rebalance = time.monotonic()
+        self._assigned_once = False
         self._started = time.monotonic()
         self.summary = ConsumerSummary(run_id="", attempt=0)
         self._consumer: AIOKafkaConsumer | None = None
@@ -234,6 +257,8 @@ class LedgerConsumer:
             # process's session before the group rebalances.
             "group_instance_id": self.recorder.member,
             "enable_auto_commit": False,
+            # Records of aborted or open transactions are never handled.
+            "isolation_level": "read_committed",
             "auto_offset_reset": self.job.auto_offset_reset,
             **self.kafka_options,
         }
@@ -270,13 +295,17 @@ class LedgerConsumer:
     async def _consume_loop(self) -> None:
         idle_since = time.monotonic()
         while not self._stop.is_set():
+            if self._fatal is not None:
+                raise self._fatal
             batch = await self._fetch()
+            if self._fatal is not None:
+                raise self._fatal
             if batch:
                 async with self._lock:
                     await self._work(batch)
                 idle_since = time.monotonic()
             elif self.until_idle is not None:
-                idle_for = time.monotonic() - idle_since
+                idle_for = time.monotonic() - max(idle_since, self._last_rebalance)
                 if idle_for >= self.until_idle and await self._caught_up():
                     log.info("consumer.idle", idle_seconds=round(idle_for, 1))
                     return
@@ -350,8 +379,11 @@ class LedgerConsumer:
 
     async def _caught_up(self) -> bool:
         assigned = list(self.consumer.assignment())
+
+        # With nothing assigned yet, the group may still be forming: only a
+        # member that had partitions and lost them all is done.
         if not assigned:
-            return True
+            return self._assigned_once
         ends = await self.consumer.end_offsets(assigned)
         for tp in assigned:
             if await self.consumer.position(tp) < ends[tp]:
@@ -360,7 +392,9 @@ class LedgerConsumer:
 
     async def _work(self, batch: dict[str, list[Message]]) -> None:
         recorder = self.recorder
-        for part in split_suspects(recorder.current, batch):
+        parts = list(split_suspects(recorder.current, batch))
+        for index, part in enumerate(parts):
+            later = {key for rest in parts[index + 1 :] for key in rest}
             part = {k: v for k, v in part.items() if k not in self._revoking}
             if not part:
                 continue
@@ -387,11 +421,40 @@ class LedgerConsumer:
                 _tp_key(tp): self.consumer.highwater(tp)
                 for tp in self.consumer.assignment()
             }
+            read_past = await self._read_past(part, handled, later)
             result = await self._call(
-                recorder.checkpoint, number, handled, written, copies, highwaters
+                recorder.checkpoint,
+                number,
+                handled,
+                written,
+                copies,
+                highwaters,
+                read_past,
             )
             faults.hit("after_checkpoint")
             await self._after_checkpoint(number, handled, result)
+
+    async def _read_past(
+        self, part: dict[str, list[Message]], handled: Handled, later: set[str]
+    ) -> dict[str, int]:
+        """The client's position of each partition this batch read to the
+        end of what was fetched; it is past the last message when the log
+        skips offsets there. `later` names partitions with messages still
+        to handle in this batch: their position is not reached yet."""
+        found: dict[str, int] = {}
+        assigned = {_tp_key(tp): tp for tp in self.consumer.assignment()}
+        for key, messages in part.items():
+            done = handled.done.get(key)
+            if done is None or done[1] != messages[-1].offset:
+                continue
+            if key in later or self._buffer.get(key) or key not in assigned:
+                continue
+            try:
+                found[key] = await self.consumer.position(assigned[key])
+            except KafkaError:
+                continue
+            self._next[key] = max(self._next.get(key, 0), found[key])
+        return found
 
     async def _copy_poison(self, handled: Handled) -> dict[tuple[str, int], str | None]:
         """Copies quarantined messages to their quarantine topic, with
@@ -415,9 +478,25 @@ class LedgerConsumer:
                 ("ledger.reason", item.reason.encode()),
                 ("ledger.run", str(self.recorder.current.id).encode()),
             ]
-            await self._producer.send_and_wait(
-                target, value=message.value, key=message.key, headers=headers
-            )
+            # The copy is a convenience; the ledger's event is the record.
+            # A message Kafka will not take again (too large with our
+            # headers, neither key nor value) must not hold its partition.
+            try:
+                await self._producer.send_and_wait(
+                    target, value=message.value, key=message.key, headers=headers
+                )
+            except (KafkaError, AssertionError, ValueError) as error:
+                log.warning(
+                    "quarantine.copy_failed",
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    target=target,
+                    error=type(error).__name__,
+                )
+                copies[key] = None
+                item.notes.append(f"copy to {target} failed: {type(error).__name__}")
+                continue
             copies[key] = target
         return copies
 
@@ -426,9 +505,7 @@ class LedgerConsumer:
     ) -> None:
         summary = self.summary
         summary.batches += 1
-        summary.messages += sum(
-            last - first + 1 for first, last in handled.done.values()
-        )
+        summary.messages += sum(handled.counts.values())
         summary.quarantined += len(handled.poison)
         summary.superseded += len(result.superseded)
 
@@ -476,6 +553,7 @@ class LedgerConsumer:
     # Rebalances.
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._last_rebalance = time.monotonic()
         keys = {_tp_key(tp) for tp in revoked}
         self._revoking |= keys
         for key in keys:
@@ -506,15 +584,23 @@ class LedgerConsumer:
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Seeks each partition to the ledger's position; reports how
         Kafka's committed offset compares."""
+        self._last_rebalance = time.monotonic()
         self._revoking -= {_tp_key(tp) for tp in assigned}
         if not assigned:
             return
+        self._assigned_once = True
         recorded = await self._call(self.recorder.positions)
+        firsts = await self.consumer.beginning_offsets(assigned)
+        ends = await self.consumer.end_offsets(assigned)
         items = []
         repair: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp in sorted(assigned):
-            item = await self._resume_partition(tp, recorded.get(_tp_key(tp)))
+            item = await self._resume_partition(
+                tp, recorded.get(_tp_key(tp)), firsts[tp], ends[tp]
+            )
             items.append(item)
+            if item["divergence"] == "past-end":
+                continue
             if item["divergence"] != "none":
                 self.summary.divergences.append(item)
                 repair[tp] = OffsetAndMetadata(item["start"], "ledger position")
@@ -527,20 +613,34 @@ class LedgerConsumer:
             await self._call(self.recorder.record_assigned, items)
 
     async def _resume_partition(
-        self, tp: TopicPartition, ledger_position: int | None
+        self, tp: TopicPartition, ledger_position: int | None, first: int, end: int
     ) -> dict[str, Any]:
         key = _tp_key(tp)
         kafka_position = await self.consumer.committed(tp)
 
         chosen = choose_start(ledger_position, kafka_position)
         if chosen is None:
-            ends = await (
-                self.consumer.end_offsets([tp])
-                if self.job.auto_offset_reset == "latest"
-                else self.consumer.beginning_offsets([tp])
-            )
-            chosen = (ends[tp], "reset", "none")
+            reset = end if self.job.auto_offset_reset == "latest" else first
+            chosen = (reset, "reset", "none")
         start, source, divergence = chosen
+
+        # The log must still hold the position. Past its end, the topic was
+        # deleted and made again (or truncated): resuming would skip the
+        # new messages, and positions never move back, so stop and say so.
+        if start > end:
+            self._fatal = PositionPastLogEnd(key, start, end)
+            log.error("partition.past_end", partition=key, position=start, end=end)
+            return {
+                "partition": key, "start": start, "source": source,
+                "ledger": ledger_position, "kafka": kafka_position,
+                "divergence": "past-end",
+            }  # fmt: skip
+
+        # Before its start, retention deleted messages no one read: they are
+        # lost to every consumer; say so, and go on from what is left.
+        if start < first:
+            log.error("partition.truncated", partition=key, position=start, first=first)
+            start, divergence = first, "truncated"
         self.consumer.seek(tp, start)
         self._next[key] = start
         self._forget(key)

@@ -68,7 +68,7 @@ class RetryPolicy:
     backoff_max_seconds: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
+        if not isinstance(self.attempts, int) or self.attempts < 1:
             raise LedgerError(
                 f"retry attempts {self.attempts}: a message is tried at least "
                 "once; set attempts to 1 or more"
@@ -96,7 +96,7 @@ class QuarantinePolicy:
     max_crashes: int = 2
 
     def __post_init__(self) -> None:
-        if self.max_crashes < 1:
+        if not isinstance(self.max_crashes, int) or self.max_crashes < 1:
             raise LedgerError(
                 f"max_crashes {self.max_crashes}: set it to 1 or more crashed "
                 "batches before a message is quarantined"
@@ -153,6 +153,11 @@ class ConsumerJob(ABC):
             return self.redact(message.json())
         except ValueError:
             raw = message.value or b""
+
+            # Fields cannot be found in what does not parse: when the job
+            # names sensitive fields, none of its bytes are kept.
+            if self.sensitive_fields:
+                return f"[{len(raw)} bytes, not JSON: withheld, sensitive fields]"
             return raw[:500].decode("utf-8", "replace")
 
     def open(self, context: ConsumerContext) -> None:  # noqa: B027 - optional

@@ -16,16 +16,22 @@ checkpoint and no position ever moves backwards.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
+import orjson
 import structlog
+from eventsourcing.persistence import PersistenceError
 
 from consumers.batch import Handled, Poison
 from consumers.job import ConsumerContext, ConsumerJob
 from ledger.attempt import preview_payload, save_run
-from ledger.errors import RunHeld
+from ledger.errors import LedgerUnavailable, RunHeld
 from ledger.input_runs import InputRuns
 from ledger.messages import (
     CONSUME_STEP,
@@ -56,6 +62,10 @@ log = structlog.get_logger(__name__)
 # second refusal in a row means another consumer races on them too.
 _SAVE_TRIES = 3
 
+# How long a consumer waits for an unreachable ledger before it gives up;
+# meanwhile nothing is checkpointed and nothing is committed to Kafka.
+OUTAGE_SECONDS = float(os.environ.get("LEDGER_OUTAGE_SECONDS", "60"))
+
 
 def stream_input(job: ConsumerJob, member: str) -> dict[str, Any]:
     """What a consumer run reads, recorded as its input."""
@@ -66,6 +76,13 @@ def stream_input(job: ConsumerJob, member: str) -> dict[str, Any]:
         "topics": sorted(job.topics),
         "member": member,
     }
+
+
+def consumer_key(job: ConsumerJob, member: str) -> str:
+    """The identity of a member's runs: job, version, group and member,
+    hashed so that no two of them ever spell the same key."""
+    canonical = orjson.dumps([job.name, job.version, job.group_id, member])
+    return f"kafka:{hashlib.sha256(canonical).hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,7 @@ class ConsumerRecorder:
         remembered.
         """
         source = stream_input(self.job, self.member)
-        key = f"kafka:{self.job.name}:{self.job.version}:{source['name']}"
+        key = consumer_key(self.job, self.member)
         run, index = find_run(self.ledger, key, new_run=False)
         if run is not None and run.is_completed:
             run = None
@@ -154,17 +171,18 @@ class ConsumerRecorder:
         return {partition_key(p.topic, p.partition): n for p, n in found.items()}
 
     def record_assigned(self, partitions: list[dict[str, Any]]) -> None:
-        assign_partitions(self.current, self.attempt, self.group, partitions)
-        self._save()
+        self._commit(
+            lambda run: assign_partitions(run, self.attempt, self.group, partitions)
+        )
 
     def record_revoked(self, partitions: list[dict[str, Any]]) -> None:
-        revoke_partitions(self.current, self.attempt, partitions)
-        self._save()
+        self._commit(lambda run: revoke_partitions(run, self.attempt, partitions))
 
     def start_batch(self, ranges: list[dict[str, Any]]) -> int:
-        batch = start_messages(self.current, self.attempt, ranges, lease_until())
-        self._save()
-        return batch
+        self._commit(
+            lambda run: start_messages(run, self.attempt, ranges, lease_until())
+        )
+        return self.current.batches_done.get(CONSUME_STEP, 0)
 
     def checkpoint(
         self,
@@ -173,18 +191,28 @@ class ConsumerRecorder:
         written: int,
         copies: dict[tuple[str, int], str | None],
         highwaters: dict[str, int | None],
+        read_past: dict[str, int] | None = None,
     ) -> Checkpointed:
-        """Records the batch and its positions; see the module docstring."""
-        ranges: list[dict[str, Any]] = [
-            {
-                "partition": key,
-                "first": first,
-                "last": last,
-                "next": last + 1,
-                "lag": max(0, (highwaters.get(key) or 0) - (last + 1)),
-            }
-            for key, (first, last) in sorted(handled.done.items())
-        ]
+        """Records the batch and its positions; see the module docstring.
+
+        `read_past` gives, for a partition read to the end of what was
+        fetched, the client's position: past the last message when the log
+        skips offsets after it (a transaction's marker), so that a fully
+        read partition shows no lag and resumes past the gap.
+        """
+        ranges: list[dict[str, Any]] = []
+        for key, (first, last) in sorted(handled.done.items()):
+            position = max(last + 1, (read_past or {}).get(key, 0))
+            lag = max(0, (highwaters.get(key) or 0) - position)
+            ranges.append(
+                {
+                    "partition": key,
+                    "first": first,
+                    "last": last,
+                    "next": position,
+                    "lag": lag,
+                }
+            )
         tried = {item["partition"]: item["next"] for item in ranges}
         superseded: dict[str, int] = {}
         for _ in range(_SAVE_TRIES):
@@ -201,7 +229,7 @@ class ConsumerRecorder:
             except PositionRefused:
                 # The pending events are gone with the refused save; start
                 # again from the store, keeping what still moves forward.
-                self.run = self.ledger.repository.get(self.current.id)
+                self.run = self._reload(time.monotonic() + OUTAGE_SECONDS)
                 recorded = self.positions()
                 superseded.update(
                     {
@@ -224,33 +252,36 @@ class ConsumerRecorder:
         copies: dict[tuple[str, int], str | None],
         refused: list[dict[str, Any]],
     ) -> None:
-        run = self.current
         kept = {item["partition"] for item in ranges}
-        if refused:
-            supersede_messages(run, self.attempt, batch, refused)
         poison = [p for p in handled.poison if _key(p) in kept]
-        for item in poison:
-            self._quarantine(batch, item, copies)
-        if ranges:
-            checkpoint_messages(
-                run,
-                attempt=self.attempt,
-                batch=batch,
-                ranges=ranges,
-                written=written,
-                quarantined=len(poison),
-                counters=dict(handled.counters),
-                lease_until=lease_until(),
-            )
-        pending = len(run.pending_events)
-        save_with_positions(self.ledger, run, self._positions(ranges))
+
+        def record(run: Run) -> None:
+            if refused:
+                supersede_messages(run, self.attempt, batch, refused)
+            for item in poison:
+                self._quarantine(run, batch, item, copies)
+            if ranges:
+                checkpoint_messages(
+                    run,
+                    attempt=self.attempt,
+                    batch=batch,
+                    ranges=ranges,
+                    records=sum(
+                        count for key, count in handled.counts.items() if key in kept
+                    ),
+                    written=written,
+                    quarantined=len(poison),
+                    counters=dict(handled.counters),
+                    lease_until=lease_until(),
+                )
+
+        self._commit(record, self._positions(ranges))
 
         # Only now are they facts: a refused save recorded none of them.
-        self.events += pending
         for item in poison:
             log.warning(
                 "message.quarantined",
-                run_id=str(run.id),
+                run_id=str(self.current.id),
                 topic=item.message.topic,
                 partition=item.message.partition,
                 offset=item.message.offset,
@@ -259,11 +290,15 @@ class ConsumerRecorder:
             )
 
     def _quarantine(
-        self, batch: int, item: Poison, copies: dict[tuple[str, int], str | None]
+        self,
+        run: Run,
+        batch: int,
+        item: Poison,
+        copies: dict[tuple[str, int], str | None],
     ) -> None:
         message = item.message
         quarantine_message(
-            self.current,
+            run,
             attempt=self.attempt,
             batch=batch,
             group=self.group,
@@ -272,7 +307,7 @@ class ConsumerRecorder:
             offset=message.offset,
             reason=item.reason,
             error_class=item.error_class,
-            detail=item.detail[:500],
+            detail="; ".join([item.detail, *item.notes])[:500],
             tries=item.tries,
             crashes=item.crashes,
             copied_to=copies.get((_key(item), message.offset)),
@@ -289,21 +324,85 @@ class ConsumerRecorder:
 
     def complete(self) -> None:
         """A clean stop: the run ends; the next start begins a new one."""
-        run = self.current
-        run.complete_step(self.attempt, CONSUME_STEP)
-        run.complete(self.attempt, dict(run.totals))
-        self._save()
+
+        def record(run: Run) -> None:
+            run.complete_step(self.attempt, CONSUME_STEP)
+            run.complete(self.attempt, dict(run.totals))
+
+        self._commit(record)
 
     def fail(self, error_class: str, message: str) -> None:
         """Records why this attempt stopped; the next start resumes the run."""
-        self.run = self.ledger.repository.get(self.current.id)
+        self.run = self._reload(time.monotonic() + OUTAGE_SECONDS)
         if self.run.attempt_open and self.run.attempt == self.attempt:
-            self.run.fail(self.attempt, CONSUME_STEP, None, error_class, message[:2000])
-            self._save()
+            self._commit(
+                lambda run: run.fail(
+                    self.attempt, CONSUME_STEP, None, error_class, message[:2000]
+                )
+            )
 
     def _save(self) -> None:
         self.events += len(self.current.pending_events)
         save_run(self.ledger, self.current, self.attempt)
+
+    def _commit(
+        self,
+        record: Callable[[Run], object],
+        positions: dict[SourcePosition, int] | None = None,
+    ) -> None:
+        """Records facts on the run and saves them, surviving a ledger
+        outage of up to OUTAGE_SECONDS.
+
+        A save that failed with the ledger unreachable may still have
+        committed (the answer, not the transaction, was lost): the run is
+        read back, and the facts are recorded again only if they are not
+        there. A consumer run has one writer, so its version tells.
+        """
+        deadline = time.monotonic() + OUTAGE_SECONDS
+        delay = 0.1
+        while True:
+            run = self.current
+            before = run.version
+            record(run)
+            pending = len(run.pending_events)
+            try:
+                if positions is None:
+                    save_run(self.ledger, run, self.attempt)
+                else:
+                    save_with_positions(self.ledger, run, positions)
+            except LedgerUnavailable as error:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning(
+                    "ledger.unavailable",
+                    run_id=str(run.id),
+                    retry_in=round(delay, 2),
+                    error=error.reason,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self.run = self._reload(deadline)
+                if self.run.version >= before + pending:
+                    self.events += pending
+                    return
+                continue
+            self.events += pending
+            return
+
+    def _reload(self, deadline: float) -> Run:
+        """The run as the store holds it, waiting for the ledger to answer."""
+        delay = 0.1
+        while True:
+            try:
+                run: Run = self.ledger.repository.get(self.current.id)
+                return run
+            except PersistenceError as error:
+                if time.monotonic() >= deadline:
+                    raise LedgerUnavailable(
+                        "the ledger", str(error).splitlines()[0]
+                    ) from error
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 
 def _key(item: Poison) -> str:

@@ -46,6 +46,7 @@ __all__ = [
     "PartitionsAssigned",
     "PartitionsRevoked",
     "crash_count",
+    "crashed_alone",
     "message_quarantine_id",
     "partition_key",
 ]
@@ -69,6 +70,16 @@ def message_quarantine_id(group: str, topic: str, partition: int, offset: int) -
     return str(uuid5(_QUARANTINE_NAMESPACE, f"{group}:{topic}:{partition}:{offset}"))
 
 
+def crashed_alone(run: Run, topic: str, partition: int, offset: int) -> bool:
+    """Whether a crashed batch held this message and nothing else: then the
+    crash was the message's doing, not its neighbours'."""
+    key = partition_key(topic, partition)
+    return any(
+        crashed["partition"] == key and crashed["first"] == crashed["last"] == offset
+        for crashed in run.crashed_ranges
+    )
+
+
 def crash_count(run: Run, topic: str, partition: int, offset: int) -> int:
     """How many crashed batches of this run held the message."""
     key = partition_key(topic, partition)
@@ -80,13 +91,15 @@ def crash_count(run: Run, topic: str, partition: int, offset: int) -> int:
 
 
 def _check_next_offsets(ranges: list[dict[str, Any]]) -> None:
-    """Every checkpointed partition resumes just after its last message."""
+    """Every checkpointed partition resumes after its last message: at the
+    next offset, or further when the log skips offsets there (transaction
+    markers, compaction)."""
     for item in ranges:
-        if item["next"] != item["last"] + 1:
+        if item["next"] <= item["last"]:
             raise OffsetConventionError(
                 f"{item['partition']}: position {item['next']} after last "
                 f"offset {item['last']}; positions mean the next offset to "
-                f"read, which is {item['last'] + 1}"
+                f"read, which is {item['last'] + 1} (or more past a gap)"
             )
 
 
@@ -97,7 +110,8 @@ class PartitionsAssigned(Aggregate.Event):
     `kafka` or `reset`), ledger and kafka (their positions, or None) and
     divergence (`none`, `behind`: the process died between the ledger's
     transaction and Kafka's commit; `ahead`: the group was moved outside
-    the ledger).
+    the ledger; `truncated`: the log lost messages nobody read, and start
+    is its first offset; `past-end`: the log ends before the position).
     """
 
     attempt: int
@@ -259,15 +273,19 @@ def checkpoint_messages(
     attempt: int,
     batch: int,
     ranges: list[dict[str, Any]],
+    records: int,
     written: int,
     quarantined: int,
     counters: dict[str, int],
     lease_until: str,
 ) -> None:
-    """Records a batch as done; the caller saves it with its positions."""
+    """Records a batch as done; the caller saves it with its positions.
+
+    `records` counts the messages handled, which is less than the offsets
+    the ranges span when the log has gaps.
+    """
     run.require_open_attempt(attempt)
     _check_next_offsets(ranges)
-    records = sum(item["last"] - item["first"] + 1 for item in ranges)
     first = run.totals.get(f"{CONSUME_STEP}.records", 0) + 1
     run.trigger_event(
         MessagesCheckpointed,

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.persistence import IntegrityError, PersistenceError, Tracking
 
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.store import Ledger
 
 __all__ = ["PositionRefused", "SourcePosition", "load_positions", "save_with_positions"]
@@ -76,8 +76,8 @@ def save_with_positions(
     """Saves the aggregate's pending events and the positions, atomically.
 
     Positions mean "next offset to read", everywhere. After PositionRefused
-    the aggregate's pending events are gone and its state is ahead of the
-    store: load it again before going on.
+    or LedgerUnavailable the aggregate's pending events are gone and its
+    state is ahead of the store: load it again before going on.
     """
     trackings = [
         Tracking(application_name=position.name, notification_id=offset)
@@ -87,6 +87,8 @@ def save_with_positions(
         ledger.save(aggregate, trackings=trackings)
     except IntegrityError as error:
         raise PositionRefused(positions) from error
+    except PersistenceError as error:
+        raise LedgerUnavailable("the ledger", str(error).splitlines()[0]) from error
 
 
 def load_positions(ledger: Ledger, group: str) -> dict[SourcePosition, int]:

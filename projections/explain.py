@@ -91,8 +91,13 @@ def describe_partitions(consumer: dict[str, Any]) -> str:
         notes = []
         if item["lag"] is not None:
             notes.append(f"lag {item['lag']:,}")
-        if item["divergence"] != "none":
-            notes.append(f"Kafka was {item['divergence']} on assignment")
+        divergence = item["divergence"]
+        if divergence in ("behind", "ahead"):
+            notes.append(f"Kafka was {divergence} on assignment")
+        elif divergence == "truncated":
+            notes.append("messages were deleted before they were read")
+        elif divergence == "past-end":
+            notes.append("the log ends before this position")
         if item["state"] != "assigned":
             notes.append(item["state"])
         note = f" ({', '.join(notes)})" if notes else ""

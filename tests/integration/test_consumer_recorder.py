@@ -83,6 +83,7 @@ def handle_all(done: dict[str, tuple[int, int]]) -> Handled:
     result = Handled(done=dict(done))
     for key, (first, last) in done.items():
         partition = int(key.rpartition("[")[2].rstrip("]"))
+        result.counts[key] = last - first + 1
         for offset in range(first, last + 1):
             message = Message(TOPIC, partition, offset, None, b"%d" % offset)
             result.outputs.append((message, message.value))
@@ -168,6 +169,7 @@ def test_a_position_that_is_not_the_next_offset_to_read_is_refused(
             attempt=member.attempt,
             batch=batch,
             ranges=[{"partition": P0, "first": 0, "last": 9, "next": 9, "lag": 0}],
+            records=10,
             written=10,
             quarantined=0,
             counters={},

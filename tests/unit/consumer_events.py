@@ -71,6 +71,7 @@ def handled(done: dict[str, tuple[int, int]], poison: Sequence[Poison] = ()) -> 
     bad = {(_key(p.message), p.message.offset) for p in poison}
     for key, (first, last) in sorted(done.items()):
         partition = int(key.rpartition("[")[2].rstrip("]"))
+        result.counts[key] = last - first + 1
         for offset in range(first, last + 1):
             if (key, offset) not in bad:
                 result.outputs.append((message(partition, offset), b"out"))

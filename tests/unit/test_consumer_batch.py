@@ -177,7 +177,7 @@ def test_crash_ranges_behind_a_checkpoint_are_forgotten() -> None:
     checkpoint_messages(
         run, attempt=attempt, batch=batch,
         ranges=[{"partition": "t[0]", "first": 0, "last": 9, "next": 10, "lag": 0}],
-        written=10, quarantined=0, counters={}, lease_until="",
+        records=10, written=10, quarantined=0, counters={}, lease_until="",
     )  # fmt: skip
     assert run.crashed_ranges == []
     assert run.partitions == {"t[0]": 10}
@@ -189,7 +189,7 @@ def test_a_position_in_the_last_offset_convention_is_refused() -> None:
         checkpoint_messages(
             run, attempt=attempt, batch=0,
             ranges=[{"partition": "t[0]", "first": 0, "last": 9, "next": 9, "lag": 0}],
-            written=10, quarantined=0, counters={}, lease_until="",
+            records=10, written=10, quarantined=0, counters={}, lease_until="",
         )  # fmt: skip
     assert not [e for e in run.pending_events if "Checkpointed" in type(e).__name__]
 
@@ -217,3 +217,19 @@ def test_policies_refuse_settings_that_make_no_sense() -> None:
     with pytest.raises(LedgerError, match="max_crashes"):
         QuarantinePolicy(max_crashes=0)
     assert RetryPolicy(backoff_seconds=0.1, backoff_max_seconds=0.3).delay(5) == 0.3
+
+
+def test_one_crash_of_a_whole_batch_quarantines_nothing() -> None:
+    """Even with max_crashes=1, a crash of a batch of many messages blames
+    none of them: only a crash with the message alone does."""
+
+    class Strict(Numbers):
+        quarantine = QuarantinePolicy(max_crashes=1)
+
+    job = Strict()
+    run, attempt = new_run()
+    crash_after(run, attempt, [{"partition": "t[0]", "first": 0, "last": 9}])
+    batch = {"t[0]": [message(0, o) for o in range(10)]}
+    handled = handle_batch(job, run, batch, stopped=lambda _: False)
+    assert handled.poison == []
+    assert [m.offset for m, _ in handled.outputs] == list(range(10))
