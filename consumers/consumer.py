@@ -21,7 +21,6 @@ the next owner notices, reports and repairs on assignment.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import signal
 import time
@@ -35,14 +34,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
+from consumers.assignment import PositionPastLogEnd, place_partition
 from consumers.batch import Handled, handle_batch, split_suspects
+from consumers.fetch import FetchBuffer
 from consumers.job import ConsumerJob, Message
+from consumers.quarantine_copy import copy_to_quarantine
 from consumers.recorder import Checkpointed, ConsumerRecorder
 from ledger import faults
 from ledger.errors import JobFailed, LedgerError, LedgerUnavailable, Superseded
 from ledger.messages import CONSUME_STEP, partition_key
 
-__all__ = ["ConsumerSummary", "LedgerConsumer", "choose_start"]
+__all__ = ["ConsumerSummary", "LedgerConsumer"]
 
 log = structlog.get_logger(__name__)
 
@@ -70,45 +72,8 @@ class ConsumerSummary:
     first_message_after: float | None = None
 
 
-def choose_start(
-    ledger_position: int | None, kafka_position: int | None
-) -> tuple[int, str, str] | None:
-    """Where a partition resumes, who said so, and how the other compared.
-
-    The ledger decides; Kafka's committed offset is only compared with it:
-    `behind` means the process died between the ledger's transaction and
-    Kafka's commit, `ahead` that the group was moved outside the ledger.
-    With no ledger position, Kafka's committed offset is used; with
-    neither, None: the job's reset policy decides.
-    """
-    if ledger_position is not None:
-        if kafka_position is None or kafka_position < ledger_position:
-            return ledger_position, "ledger", "behind"
-        if kafka_position > ledger_position:
-            return ledger_position, "ledger", "ahead"
-        return ledger_position, "ledger", "none"
-    if kafka_position is not None:
-        return kafka_position, "kafka", "none"
-    return None
-
-
 def _tp_key(tp: TopicPartition) -> str:
     return partition_key(tp.topic, tp.partition)
-
-
-class PositionPastLogEnd(LedgerError):
-    """A partition's recorded position is past the end of its log."""
-
-    def __init__(self, partition: str, position: int, end: int) -> None:
-        super().__init__(
-            f"{partition}: the ledger's position {position:,} is past the end of "
-            f"the partition's log ({end:,}): the topic was deleted and made "
-            "again, or truncated; positions never move back, so consume the "
-            "new topic with a new group_id"
-        )
-        self.partition = partition
-        self.position = position
-        self.end = end
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -143,12 +108,7 @@ class LedgerConsumer:
         self._stop = asyncio.Event()
         self._revoking: set[str] = set()
 
-        # The next offset to handle of each partition this consumer has
-        # positioned. aiokafka may hand out records fetched before the
-        # assignment callback sought the partition to the ledger's
-        # position; those are dropped, never handled.
-        self._next: dict[str, int] = {}
-        self._buffer: dict[str, collections.deque[Message]] = {}
+        self._fetched = FetchBuffer()
 
         # An assignment the consumer must not go on from; the loop raises it.
         self._fatal: LedgerError | None = None
@@ -313,69 +273,19 @@ class LedgerConsumer:
     async def _fetch(self) -> dict[str, list[Message]]:
         """A batch: up to `batch_max_records` messages, or what came within
         `batch_max_seconds` of the first one."""
-        limit = self.job.batch_max_records
-        deadline = (
-            time.monotonic() + self.job.batch_max_seconds if self._buffered() else None
-        )
-        while self._buffered() < limit and not self._stop.is_set():
-            wait = self.job.batch_max_seconds
-            if deadline is not None:
-                wait = deadline - time.monotonic()
-                if wait <= 0:
-                    break
-            fetched = await self.consumer.getmany(timeout_ms=int(wait * 1000))
-            self._accept(fetched)
+        limit, seconds = self.job.batch_max_records, self.job.batch_max_seconds
+        fetched = self._fetched
+        deadline = time.monotonic() + seconds if len(fetched) else None
+        while len(fetched) < limit and not self._stop.is_set():
+            wait = seconds if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                break
+            fetched.accept(await self.consumer.getmany(timeout_ms=int(wait * 1000)))
             if deadline is None:
-                if not self._buffered():
+                if not len(fetched):
                     return {}
-                deadline = time.monotonic() + self.job.batch_max_seconds
-        return self._take(limit)
-
-    def _buffered(self) -> int:
-        return sum(len(messages) for messages in self._buffer.values())
-
-    def _accept(self, fetched: dict[TopicPartition, list[Any]]) -> None:
-        """Buffers fetched records of the partitions this consumer has
-        positioned, from the next offset it expects on."""
-        for tp, records in fetched.items():
-            key = _tp_key(tp)
-            expected = self._next.get(key)
-            if expected is None:
-                continue
-            messages = [
-                Message(
-                    topic=r.topic,
-                    partition=r.partition,
-                    offset=r.offset,
-                    key=r.key,
-                    value=r.value,
-                    headers=tuple(r.headers or ()),
-                    timestamp=r.timestamp,
-                )
-                for r in records
-                if r.offset >= expected
-            ]
-            if messages:
-                self._buffer.setdefault(key, collections.deque()).extend(messages)
-                self._next[key] = messages[-1].offset + 1
-
-    def _take(self, limit: int) -> dict[str, list[Message]]:
-        """Up to `limit` buffered messages, taken from every partition in
-        turn: aiokafka hands out one partition's records first, which would
-        leave the others waiting while the first has any."""
-        batch: dict[str, list[Message]] = {}
-        taken = 0
-        while taken < limit and self._buffered():
-            for key in sorted(self._buffer):
-                queue = self._buffer[key]
-                if queue and taken < limit:
-                    batch.setdefault(key, []).append(queue.popleft())
-                    taken += 1
-        return batch
-
-    def _forget(self, key: str) -> None:
-        """Drops what was fetched for a partition that moved or was sought."""
-        self._buffer.pop(key, None)
+                deadline = time.monotonic() + seconds
+        return fetched.take(limit)
 
     async def _caught_up(self) -> bool:
         assigned = list(self.consumer.assignment())
@@ -416,7 +326,9 @@ class LedgerConsumer:
             faults.hit("in_batch")
             written = await self._call(self.job.write, handled.outputs)
             faults.hit("after_write")
-            copies = await self._copy_poison(handled)
+            copies = await copy_to_quarantine(
+                self._producer, self.job, handled, self.recorder
+            )
             highwaters = {
                 _tp_key(tp): self.consumer.highwater(tp)
                 for tp in self.consumer.assignment()
@@ -447,58 +359,14 @@ class LedgerConsumer:
             done = handled.done.get(key)
             if done is None or done[1] != messages[-1].offset:
                 continue
-            if key in later or self._buffer.get(key) or key not in assigned:
+            if key in later or self._fetched.holds(key) or key not in assigned:
                 continue
             try:
                 found[key] = await self.consumer.position(assigned[key])
             except KafkaError:
                 continue
-            self._next[key] = max(self._next.get(key, 0), found[key])
+            self._fetched.read_past(key, found[key])
         return found
-
-    async def _copy_poison(self, handled: Handled) -> dict[tuple[str, int], str | None]:
-        """Copies quarantined messages to their quarantine topic, with
-        headers that say where each came from and why it failed."""
-        copies: dict[tuple[str, int], str | None] = {}
-        for item in handled.poison:
-            message = item.message
-            key = (partition_key(message.topic, message.partition), message.offset)
-            target = self.job.quarantine.topic_for(message.topic)
-            if target is None or self._producer is None:
-                copies[key] = None
-                continue
-            headers = [
-                *message.headers,
-                ("ledger.source.topic", message.topic.encode()),
-                ("ledger.source.partition", str(message.partition).encode()),
-                ("ledger.source.offset", str(message.offset).encode()),
-                ("ledger.attempt", str(self.recorder.attempt).encode()),
-                ("ledger.tries", str(item.tries).encode()),
-                ("ledger.error.class", item.error_class.encode()),
-                ("ledger.reason", item.reason.encode()),
-                ("ledger.run", str(self.recorder.current.id).encode()),
-            ]
-            # The copy is a convenience; the ledger's event is the record.
-            # A message Kafka will not take again (too large with our
-            # headers, neither key nor value) must not hold its partition.
-            try:
-                await self._producer.send_and_wait(
-                    target, value=message.value, key=message.key, headers=headers
-                )
-            except (KafkaError, AssertionError, ValueError) as error:
-                log.warning(
-                    "quarantine.copy_failed",
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    target=target,
-                    error=type(error).__name__,
-                )
-                copies[key] = None
-                item.notes.append(f"copy to {target} failed: {type(error).__name__}")
-                continue
-            copies[key] = target
-        return copies
 
     async def _after_checkpoint(
         self, number: int, handled: Handled, result: Checkpointed
@@ -521,8 +389,7 @@ class LedgerConsumer:
             )
             if key in assigned:
                 self.consumer.seek(assigned[key], position)
-                self._next[key] = position
-                self._forget(key)
+                self._fetched.expect(key, position)
         await self._commit_kafka(number, result.accepted, assigned)
 
     async def _commit_kafka(
@@ -557,8 +424,7 @@ class LedgerConsumer:
         keys = {_tp_key(tp) for tp in revoked}
         self._revoking |= keys
         for key in keys:
-            self._next.pop(key, None)
-            self._forget(key)
+            self._fetched.drop(key)
         if self._stop.is_set() or not keys:
             return
 
@@ -583,7 +449,7 @@ class LedgerConsumer:
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Seeks each partition to the ledger's position; reports how
-        Kafka's committed offset compares."""
+        Kafka's committed offset, and the log, compare."""
         self._last_rebalance = time.monotonic()
         self._revoking -= {_tp_key(tp) for tp in assigned}
         if not assigned:
@@ -595,15 +461,47 @@ class LedgerConsumer:
         items = []
         repair: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp in sorted(assigned):
-            item = await self._resume_partition(
-                tp, recorded.get(_tp_key(tp)), firsts[tp], ends[tp]
-            )
-            items.append(item)
-            if item["divergence"] == "past-end":
+            key = _tp_key(tp)
+            kafka_position = await self.consumer.committed(tp)
+            try:
+                placed = place_partition(
+                    key, recorded.get(key), kafka_position,
+                    first=firsts[tp], end=ends[tp],
+                    reset_to_end=self.job.auto_offset_reset == "latest",
+                )  # fmt: skip
+            except PositionPastLogEnd as error:
+                # Recorded for the audit trail; the loop then stops on it.
+                self._fatal = error
+                log.error("partition.past_end", partition=key, end=error.end)
+                items.append(
+                    {
+                        "partition": key, "start": error.position,
+                        "source": "ledger", "ledger": recorded.get(key),
+                        "kafka": kafka_position, "divergence": "past-end",
+                    }
+                )  # fmt: skip
                 continue
-            if item["divergence"] != "none":
-                self.summary.divergences.append(item)
-                repair[tp] = OffsetAndMetadata(item["start"], "ledger position")
+            self.consumer.seek(tp, placed.start)
+            self._fetched.expect(key, placed.start)
+            items.append(placed.as_dict())
+            log.info(
+                "partition.assigned",
+                partition=key,
+                start=placed.start,
+                source=placed.source,
+            )
+            if placed.divergence != "none":
+                log.warning(
+                    "partition.diverged",
+                    partition=key,
+                    ledger=placed.ledger,
+                    kafka=placed.kafka,
+                    divergence=placed.divergence,
+                )
+                self.summary.divergences.append(placed.as_dict())
+                repair[tp] = OffsetAndMetadata(placed.start, "ledger position")
+
+        # Kafka is set back in line with the ledger at once.
         if repair:
             try:
                 await self.consumer.commit(repair)
@@ -611,54 +509,3 @@ class LedgerConsumer:
                 log.warning("kafka.repair_failed", error=type(error).__name__)
         async with self._lock:
             await self._call(self.recorder.record_assigned, items)
-
-    async def _resume_partition(
-        self, tp: TopicPartition, ledger_position: int | None, first: int, end: int
-    ) -> dict[str, Any]:
-        key = _tp_key(tp)
-        kafka_position = await self.consumer.committed(tp)
-
-        chosen = choose_start(ledger_position, kafka_position)
-        if chosen is None:
-            reset = end if self.job.auto_offset_reset == "latest" else first
-            chosen = (reset, "reset", "none")
-        start, source, divergence = chosen
-
-        # The log must still hold the position. Past its end, the topic was
-        # deleted and made again (or truncated): resuming would skip the
-        # new messages, and positions never move back, so stop and say so.
-        if start > end:
-            self._fatal = PositionPastLogEnd(key, start, end)
-            log.error("partition.past_end", partition=key, position=start, end=end)
-            return {
-                "partition": key, "start": start, "source": source,
-                "ledger": ledger_position, "kafka": kafka_position,
-                "divergence": "past-end",
-            }  # fmt: skip
-
-        # Before its start, retention deleted messages no one read: they are
-        # lost to every consumer; say so, and go on from what is left.
-        if start < first:
-            log.error("partition.truncated", partition=key, position=start, first=first)
-            start, divergence = first, "truncated"
-        self.consumer.seek(tp, start)
-        self._next[key] = start
-        self._forget(key)
-
-        if divergence != "none":
-            log.warning(
-                "partition.diverged",
-                partition=key,
-                ledger=ledger_position,
-                kafka=kafka_position,
-                divergence=divergence,
-            )
-        log.info("partition.assigned", partition=key, start=start, source=source)
-        return {
-            "partition": key,
-            "start": start,
-            "source": source,
-            "ledger": ledger_position,
-            "kafka": kafka_position,
-            "divergence": divergence,
-        }

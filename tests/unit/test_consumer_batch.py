@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consumers.assignment import choose_start
 from consumers.batch import handle_batch, split_suspects
-from consumers.consumer import choose_start
 from consumers.job import ConsumerJob, Message, QuarantinePolicy, RetryPolicy
 from ledger import Reject
 from ledger.errors import LedgerError
