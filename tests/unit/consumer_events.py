@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from consumers.assignment import choose_start
 from consumers.batch import Handled, Poison
 from consumers.cli import _params as consumer_params
-from consumers.consumer import choose_start
 from consumers.job import ConsumerJob, Message
 from consumers.recorder import ConsumerRecorder
 from ledger.messages import partition_key
