@@ -31,7 +31,7 @@ from eventsourcing.persistence import PersistenceError
 from consumers.batch import Handled, Poison
 from consumers.job import ConsumerContext, ConsumerJob
 from ledger.attempt import preview_payload, save_run
-from ledger.errors import LedgerUnavailable, RunHeld
+from ledger.errors import LedgerUnavailable, RunHeld, Superseded
 from ledger.input_runs import InputRuns
 from ledger.messages import (
     CONSUME_STEP,
@@ -353,10 +353,13 @@ class ConsumerRecorder:
         """Records facts on the run and saves them, surviving a ledger
         outage of up to OUTAGE_SECONDS.
 
-        A save that failed with the ledger unreachable may still have
-        committed (the answer, not the transaction, was lost): the run is
-        read back, and the facts are recorded again only if they are not
-        there. A consumer run has one writer, so its version tells.
+        A save may commit and lose its answer. Then either the ledger
+        seems unreachable, or the store's own driver retries the same
+        transaction on a new connection and it is refused (its positions
+        and its version are taken, by itself). Both ways the run is read
+        back, and if the store holds exactly these facts of this attempt,
+        the save stands; otherwise they are recorded again, or the refusal
+        stands.
         """
         deadline = time.monotonic() + OUTAGE_SECONDS
         delay = 0.1
@@ -364,12 +367,19 @@ class ConsumerRecorder:
             run = self.current
             before = run.version
             record(run)
-            pending = len(run.pending_events)
+            pending = [type(event).__name__ for event in run.pending_events]
             try:
                 if positions is None:
                     save_run(self.ledger, run, self.attempt)
                 else:
                     save_with_positions(self.ledger, run, positions)
+            except (PositionRefused, Superseded):
+                self.run = self._reload(deadline)
+                if self._stored(before, pending):
+                    log.info("ledger.commit_confirmed", run_id=str(run.id))
+                    self.events += len(pending)
+                    return
+                raise
             except LedgerUnavailable as error:
                 if time.monotonic() >= deadline:
                     raise
@@ -382,12 +392,24 @@ class ConsumerRecorder:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 self.run = self._reload(deadline)
-                if self.run.version >= before + pending:
-                    self.events += pending
+                if self._stored(before, pending):
+                    self.events += len(pending)
                     return
                 continue
-            self.events += pending
+            self.events += len(pending)
             return
+
+    def _stored(self, before: int, pending: list[str]) -> bool:
+        """Whether the run's events after version `before` are exactly the
+        ones this attempt just tried to save."""
+        if self.current.version != before + len(pending):
+            return False
+        stored = list(
+            self.ledger.repository.event_store.get(self.current.id, gt=before)
+        )
+        return [type(e).__name__ for e in stored] == pending and all(
+            getattr(e, "attempt", self.attempt) == self.attempt for e in stored
+        )
 
     def _reload(self, deadline: float) -> Run:
         """The run as the store holds it, waiting for the ledger to answer."""
