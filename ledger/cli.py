@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import click
 
 from consumers.cli import consume
+from ledger.cli_control import abandon_cmd
 from ledger.cli_read import explain_cmd, history, project, quarantine, status
 from ledger.cli_run import resume, run
 from ledger.config import parse_ledger_url
@@ -64,6 +65,7 @@ for _command in (
     run,
     resume,
     consume,
+    abandon_cmd,
     status,
     history,
     explain_cmd,

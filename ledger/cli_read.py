@@ -137,6 +137,13 @@ def history(ctx: click.Context, run_ref: str, as_json: bool) -> None:
         )
     console().print(table)
 
+    # Every human decision, with who and why.
+    for action in run.actions:
+        click.echo(
+            f"{_time(action['at'])}: {action['action']} by {action['by']}: "
+            f"{action['reason']}"
+        )
+
     # A refused checkpoint is part of the story: say which, and why.
     for attempt in attempts:
         for item in attempt.superseded:

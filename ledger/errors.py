@@ -95,10 +95,11 @@ class RunHeld(LedgerError):
 class Superseded(LedgerError):
     """This worker's attempt was taken over; its appends are refused."""
 
-    def __init__(self, run_id: str, attempt: int) -> None:
+    def __init__(self, run_id: str, attempt: int, why: str | None = None) -> None:
         super().__init__(
-            f"attempt {attempt} of run {run_id} was superseded by another "
-            "worker; this worker stopped without recording anything further"
+            f"attempt {attempt} of run {run_id} was "
+            f"{why or 'superseded by another worker'}; this worker stopped "
+            "without recording anything further"
         )
         self.run_id = run_id
         self.attempt = attempt

@@ -99,6 +99,7 @@ class Run(Aggregate):
         # A consumer run's state (see ledger.messages): the next offset to
         # read of each partition it owns, the batch it is handling, and the
         # offsets of batches a crash interrupted.
+        self.abandoned: dict[str, Any] | None = None
         self.partitions: dict[str, int] = {}
         self.open_batch: dict[str, Any] | None = None
         self.crashed_ranges: list[dict[str, Any]] = []
@@ -398,7 +399,18 @@ class Run(Aggregate):
         batch: int | None,
         error_class: str,
         error_message: str,
-    ) -> None:
+    ) -> bool:
+        """Records the attempt's failure; returns whether it did.
+
+        A late or repeated report for an attempt that already ended (the
+        same failure seen twice, a failure after a success or an
+        abandonment) changes nothing: the attempt's first terminal event
+        stands.
+        """
+        if attempt <= self.attempt and not (
+            self.attempt_open and attempt == self.attempt
+        ):
+            return False
         self.require_open_attempt(attempt)
         if step is not None:
             self.trigger_event(
@@ -417,6 +429,7 @@ class Run(Aggregate):
             error_class=error_class,
             error_message=error_message,
         )
+        return True
 
     class RunCompleted(Aggregate.Event):
         attempt: int

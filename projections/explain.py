@@ -221,6 +221,16 @@ def explain(run: RunView, attempts: list[AttemptView]) -> str:
             f"fix the cause, then recover with {recover}."
         )
 
+    if run.state == "abandoned":
+        decision = run.actions[-1] if run.actions else {}
+        return (
+            f"{name} was abandoned on attempt {run.attempts} by "
+            f"{decision.get('by', 'an operator')} ({_clip(decision.get('reason'))}); "
+            f"last good checkpoint: {describe_checkpoint(run.last_checkpoint)}; "
+            f"{_done(run)}, {_quarantine(run)}; a new worker resumes it at "
+            f"{resume}: recover with {recover}."
+        )
+
     if run.state in ("interrupted", "crashed"):
         evidence = run.worker_evidence or (
             last.error_message if last and last.error_message else "worker lost"

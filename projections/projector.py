@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from projections.controls import CONTROL_HANDLERS, CONTROLS_TOPIC_PREFIX
 from projections.messages import (
     MESSAGE_HANDLERS,
     MESSAGES_TOPIC_PREFIX,
@@ -27,7 +28,9 @@ RUN_TOPIC_PREFIX = "ledger.run:Run."
 
 def statements_for(run_id: str, topic: str, state: dict[str, Any]) -> list[Statement]:
     """The read-table updates one event implies; none for other topics."""
-    if topic.startswith(MESSAGES_TOPIC_PREFIX):
+    if topic.startswith(CONTROLS_TOPIC_PREFIX):
+        handler = CONTROL_HANDLERS.get(topic[len(CONTROLS_TOPIC_PREFIX) :])
+    elif topic.startswith(MESSAGES_TOPIC_PREFIX):
         handler = MESSAGE_HANDLERS.get(topic[len(MESSAGES_TOPIC_PREFIX) :])
     elif topic.startswith(RUN_TOPIC_PREFIX):
         handler = _HANDLERS.get(topic[len(RUN_TOPIC_PREFIX) :])

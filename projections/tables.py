@@ -21,6 +21,7 @@ TABLES = (
     "proj_streams",
     "proj_partitions",
     "proj_superseded",
+    "proj_actions",
 )
 
 DDL = (
@@ -164,4 +165,16 @@ DDL = (
         PRIMARY KEY (run_id, batch, part)
     )
     """,
+    # Operator decisions, with who, when and why.
+    """
+    CREATE TABLE IF NOT EXISTS proj_actions (
+        run_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        action TEXT NOT NULL,
+        by_whom TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        attempt BIGINT
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS proj_actions_run ON proj_actions (run_id, at)",
 )

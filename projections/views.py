@@ -73,6 +73,10 @@ class RunView:
     # read), lag, source, ledger_position, kafka_position, divergence.
     consumer: dict[str, Any] | None = None
 
+    # Operator decisions about the run, oldest first: at, action, by,
+    # reason, attempt.
+    actions: list[dict[str, Any]] = field(default_factory=list)
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -198,6 +202,18 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
     state, evidence = _effective_state(row)
     by_reason = {r["reason"]: int(r["n"]) for r in reasons}
     consumer = await _consumer_view(db, run_id)
+    actions = [
+        {
+            "at": a["at"],
+            "action": a["action"],
+            "by": a["by_whom"],
+            "reason": a["reason"],
+            "attempt": a["attempt"],
+        }
+        for a in await db.fetch(
+            "SELECT * FROM proj_actions WHERE run_id = $1 ORDER BY at", run_id
+        )
+    ]
 
     # A consumer's run ends when it is stopped, not when its topics run
     # dry: "completed" would read as "nothing left to consume".
@@ -236,6 +252,7 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
         updated_at=row["updated_at"],
         ended_at=row["ended_at"],
         consumer=consumer,
+        actions=actions,
     )
 
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ledger.controls import ControlRefused, abandon
 from ledger.run import CheckpointRefused, Run
 
 WORKER = {"host": "h", "boot_id": "b", "pid": 1, "pid_started": "1"}
@@ -156,3 +157,47 @@ def test_every_attempt_resumes_right_after_the_last_checkpoint(
             if type(e).__name__ == "BatchCheckpointed" and e.step == step  # type: ignore[attr-defined]
         ]
         assert batches == list(range(done.get(step, 0)))
+
+
+def test_a_late_or_repeated_failure_report_changes_nothing() -> None:
+    run = _run(["a"])
+    attempt = run.start_attempt({"pid": 1}, "")
+    assert run.fail(attempt, "a", 0, "Boom", "first report")
+    events = len(run.pending_events)
+
+    # The same failure seen twice, and a failure of an older attempt after
+    # a newer one completed: neither appends anything.
+    assert not run.fail(attempt, "a", 0, "Boom", "second report")
+    second = run.start_attempt({"pid": 2}, "")
+    _checkpoint(run, second, "a", 0, 10)
+    run.complete_step(second, "a")
+    run.complete(second, {})
+    assert not run.fail(attempt, "a", 0, "Boom", "late report")
+    assert not run.fail(second, "a", 0, "Boom", "after success")
+    assert run.status == "completed"
+    assert len(run.pending_events) == events + 4
+
+    # A report for an attempt that never started is a bug, not a late one.
+    with pytest.raises(CheckpointRefused):
+        run.fail(second + 1, "a", 0, "Boom", "from the future")
+
+
+def test_abandon_closes_the_attempt_and_refuses_what_makes_no_sense() -> None:
+    run = _run(["a"])
+    attempt = run.start_attempt({"pid": 1}, "")
+    with pytest.raises(ControlRefused, match="needs a reason"):
+        abandon(run, "alice", "  ")
+    abandon(run, "alice", "node lost")
+    assert (run.status, run.attempt_open) == ("abandoned", False)
+    with pytest.raises(CheckpointRefused):
+        run.start_batch(attempt, "a", 0, 1, "")
+    with pytest.raises(ControlRefused, match="already abandoned"):
+        abandon(run, "bob", "again")
+
+    # A new worker resumes it; a completed run cannot be abandoned.
+    second = run.start_attempt({"pid": 2}, "")
+    _checkpoint(run, second, "a", 0, 10)
+    run.complete_step(second, "a")
+    run.complete(second, {})
+    with pytest.raises(ControlRefused, match="completed"):
+        abandon(run, "carol", "too late")

@@ -29,10 +29,12 @@ from eventsourcing.utils import get_topic
 from jsonschema import Draft202012Validator, FormatChecker
 
 from ledger import Checkpoint, Job, JobFailed, Record, RunContext, Step
+from ledger import controls as controls_module
 from ledger import input_runs as input_runs_module
 from ledger import messages as messages_module
 from ledger import run as run_module
 from ledger.config import parse_ledger_url
+from ledger.controls import abandon
 from ledger.loader import load_job
 from ledger.run import Run
 from ledger.runtime import describe_input, resolve_params, run_job
@@ -145,6 +147,17 @@ def run_every_outcome(ledger: Ledger, source_path: Path, folder: Path) -> None:
     resumed = run_job(ledger, FlakyFlights(None), __name__, source, flaky_params)
     assert (resumed.status, resumed.attempt) == ("completed", 3)
 
+    # An operator abandons a run whose worker will not return.
+    with pytest.raises(JobFailed) as again:
+        run_job(
+            ledger, FlakyFlights(("enrich", 1)), __name__, source, flaky_params,
+            new_run=True,
+        )  # fmt: skip
+    lost: Run = ledger.repository.get(UUID(again.value.run_id))
+    lost.start_attempt(dead_worker(), lease_until())
+    abandon(lost, "ops@example", "the node is gone for good")
+    ledger.save(lost)
+
 
 def stored_events(ledger: Ledger) -> list[tuple[str, dict[str, Any]]]:
     return [
@@ -181,7 +194,7 @@ def current_schemas() -> dict[str, dict[str, Any]]:
 
 # The modules that define stored events: nested in their aggregates, or (for
 # ledger.messages, whose events a Run triggers) at module level.
-EVENT_MODULES = (run_module, input_runs_module, messages_module)
+EVENT_MODULES = (run_module, input_runs_module, messages_module, controls_module)
 
 
 def _defined_in(module: ModuleType, base: type) -> list[type]:

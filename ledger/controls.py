@@ -1,0 +1,81 @@
+"""Operator decisions about a run, recorded as facts next to the work.
+
+Every control is an event in the run's own stream, naming who decided,
+when and why, so that the audit trail holds each human decision beside
+the machine's. A control that makes no sense for the run's state is
+refused before anything is appended.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from eventsourcing.domain import Aggregate
+
+from ledger.errors import LedgerError
+
+if TYPE_CHECKING:
+    from ledger.run import Run
+
+__all__ = ["ControlRefused", "RunAbandoned", "abandon", "operator"]
+
+
+class ControlRefused(LedgerError):
+    """A control that makes no sense for the run as it stands."""
+
+
+def operator(name: str | None = None) -> str:
+    """Who is deciding: `--as NAME`, else LEDGER_OPERATOR, else user@host."""
+    chosen = (name or os.environ.get("LEDGER_OPERATOR", "")).strip()
+    if chosen:
+        return chosen
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+class RunAbandoned(Aggregate.Event):
+    """An operator declared that the run's worker will never return.
+
+    An open attempt is closed with it; that worker's later appends are
+    refused (the run's version moved on). The run can be resumed by a new
+    worker from its resume point.
+    """
+
+    by: str
+    reason: str
+    attempt: int | None
+    worker: dict[str, Any] | None
+
+    def apply(self, run: Run) -> None:
+        run.attempt_open = False
+        run.status = "abandoned"
+        run.abandoned = {"by": self.by, "reason": self.reason}
+
+
+def abandon(run: Run, by: str, reason: str) -> None:
+    """Marks the run abandoned; refused for a finished or abandoned run."""
+    if not reason.strip():
+        raise ControlRefused(
+            "abandoning a run needs a reason: pass --reason TEXT saying why its "
+            "worker will not return"
+        )
+    if run.status == "completed":
+        raise ControlRefused(f"run {run.id} is completed; there is nothing to abandon")
+    if run.status == "abandoned":
+        raise ControlRefused(
+            f"run {run.id} is already abandoned; `ledger resume {str(run.id)[:8]}` "
+            "starts a new attempt from its resume point"
+        )
+    run.trigger_event(
+        RunAbandoned,
+        by=by,
+        reason=reason.strip()[:500],
+        attempt=run.attempt if run.attempt_open else None,
+        worker=run.worker if run.attempt_open else None,
+    )
