@@ -105,8 +105,8 @@ def _check_job(job: ConsumerJob, job_ref: str) -> None:
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     metavar="SECONDS",
-    help="Stop cleanly once every partition is read to its end and nothing "
-    "arrived for this long.",
+    help="Stop cleanly once the group has read every partition of its topics "
+    "to the end and nothing arrived for this long.",
 )
 @param_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

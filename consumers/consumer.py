@@ -113,10 +113,8 @@ class LedgerConsumer:
         # An assignment the consumer must not go on from; the loop raises it.
         self._fatal: LedgerError | None = None
 
-        # For --until-idle: a rebalance is activity, and a member that was
-        # never given a partition is not idle but waiting.
+        # For --until-idle: a rebalance is activity.
         self._last_rebalance = time.monotonic()
-        self._assigned_once = False
         self._started = time.monotonic()
         self.summary = ConsumerSummary(run_id="", attempt=0)
         self._consumer: AIOKafkaConsumer | None = None
@@ -288,15 +286,22 @@ class LedgerConsumer:
         return fetched.take(limit)
 
     async def _caught_up(self) -> bool:
-        assigned = list(self.consumer.assignment())
-
-        # With nothing assigned yet, the group may still be forming: only a
-        # member that had partitions and lost them all is done.
-        if not assigned:
-            return self._assigned_once
-        ends = await self.consumer.end_offsets(assigned)
-        for tp in assigned:
-            if await self.consumer.position(tp) < ends[tp]:
+        """Whether the group, not just this member, has read every partition
+        of its topics to the end: a member whose partitions moved to another
+        (or to a dead static member, until its session expires) must not
+        stop while they are unread."""
+        partitions = []
+        for topic in self.job.topics:
+            numbers = self.consumer.partitions_for_topic(topic)
+            if not numbers:
+                return False
+            partitions += [TopicPartition(topic, n) for n in sorted(numbers)]
+        ends = await self.consumer.end_offsets(partitions)
+        firsts = await self.consumer.beginning_offsets(partitions)
+        recorded = await self._call(self.recorder.positions)
+        for tp in partitions:
+            position = recorded.get(_tp_key(tp), firsts[tp])
+            if position < ends[tp]:
                 return False
         return True
 
@@ -454,7 +459,6 @@ class LedgerConsumer:
         self._revoking -= {_tp_key(tp) for tp in assigned}
         if not assigned:
             return
-        self._assigned_once = True
         recorded = await self._call(self.recorder.positions)
         firsts = await self.consumer.beginning_offsets(assigned)
         ends = await self.consumer.end_offsets(assigned)
