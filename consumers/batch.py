@@ -12,8 +12,8 @@ Two kinds of poison are caught:
 - a message whose handler kills the process leaves its batch started and
   never checkpointed. The next attempt handles the messages that batch
   held one batch each (suspects), so the next crash pins the message
-  down, and once `max_crashes` crashed batches held it, it is quarantined
-  without being handled again.
+  down, and once it crashed the worker `max_crashes` times while handled
+  alone, it is quarantined without being handled again.
 """
 
 from __future__ import annotations
@@ -113,11 +113,11 @@ def handle_batch(
 
 
 def _handle_one(job: ConsumerJob, run: Run, message: Message, handled: Handled) -> None:
-    # A message that crashed the worker often enough, once at least while
-    # handled alone, is not handled again.
-    crashes = crash_count(run, message.topic, message.partition, message.offset)
-    alone = crashed_alone(run, message.topic, message.partition, message.offset)
-    if crashes >= job.quarantine.max_crashes and alone:
+    # A message that crashed the worker often enough while handled alone is
+    # not handled again. Crashes of whole batches do not count: a process
+    # killed from outside (a deploy, the OOM killer, kill -9) looks the same.
+    crashes = crashed_alone(run, message.topic, message.partition, message.offset)
+    if crashes >= job.quarantine.max_crashes:
         handled.poison.append(
             Poison(
                 message,
@@ -125,7 +125,7 @@ def _handle_one(job: ConsumerJob, run: Run, message: Message, handled: Handled) 
                 error_class="WorkerCrashed",
                 detail=(
                     f"the worker died {crashes} times while this message was "
-                    f"being handled (max_crashes {job.quarantine.max_crashes})"
+                    f"handled alone (max_crashes {job.quarantine.max_crashes})"
                 ),
                 tries=0,
                 crashes=crashes,

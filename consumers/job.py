@@ -88,8 +88,9 @@ class QuarantinePolicy:
     """Where quarantined messages are copied, and when a crash means poison.
 
     A message whose handler kills the process records no failure; the
-    batch it was in just never ends. After `max_crashes` such batches held
-    it, it is quarantined without being handled again.
+    batch it was in just never ends. Its messages are then handled one
+    batch each; a message whose batch of one crashed `max_crashes` times is
+    quarantined without being handled again.
     """
 
     topic_suffix: str | None = ".quarantine"

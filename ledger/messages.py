@@ -15,9 +15,10 @@ input. Its run records, besides the usual attempts and outcomes:
   (`MessagesSuperseded`): the late worker's checkpoint was refused.
 
 A batch that started and never ended in a checkpoint was interrupted by a
-crash. Its offsets are remembered as crash ranges, so that the message
-that kills the process can be found and, after the policy's limit,
-quarantined instead of tried again.
+crash. Its offsets are remembered as crash ranges: its messages are then
+handled one batch each, so that the message that kills the process is
+found, and once it crashed the worker while handled alone as often as the
+policy allows, it is quarantined instead of tried again.
 
 Offsets are always "the next offset to read" when they name a position,
 and the offset of a message when they name a message.
@@ -70,13 +71,15 @@ def message_quarantine_id(group: str, topic: str, partition: int, offset: int) -
     return str(uuid5(_QUARANTINE_NAMESPACE, f"{group}:{topic}:{partition}:{offset}"))
 
 
-def crashed_alone(run: Run, topic: str, partition: int, offset: int) -> bool:
-    """Whether a crashed batch held this message and nothing else: then the
-    crash was the message's doing, not its neighbours'."""
+def crashed_alone(run: Run, topic: str, partition: int, offset: int) -> int:
+    """How many crashed batches held this message and nothing else: crashes
+    that were the message's doing, not its neighbours' or a stray kill of
+    a whole batch."""
     key = partition_key(topic, partition)
-    return any(
-        crashed["partition"] == key and crashed["first"] == crashed["last"] == offset
+    return sum(
+        1
         for crashed in run.crashed_ranges
+        if crashed["partition"] == key and crashed["first"] == crashed["last"] == offset
     )
 
 

@@ -13,7 +13,8 @@ Poison on demand, by the message's `poison` field:
 
 Environment: STREAM_TOPIC, STREAM_GROUP, STREAM_SINK (required),
 STREAM_BATCH (max records per batch, default 200), STREAM_SLOW_MS (time
-each message takes, default 0).
+each message takes, default 0), STREAM_MAX_CRASHES (the quarantine
+policy's max_crashes, default 2).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from consumers import ConsumerContext, ConsumerJob, Message, RetryPolicy
+from consumers import (
+    ConsumerContext,
+    ConsumerJob,
+    Message,
+    QuarantinePolicy,
+    RetryPolicy,
+)
 from ledger import Reject
 
 
@@ -39,6 +46,9 @@ class StreamNumbers(ConsumerJob):
     batch_max_records = int(os.environ.get("STREAM_BATCH", "200"))
     batch_max_seconds = 0.3
     retry = RetryPolicy(attempts=3, backoff_seconds=0.01)
+    quarantine = QuarantinePolicy(
+        max_crashes=int(os.environ.get("STREAM_MAX_CRASHES", "2"))
+    )
     parameters: ClassVar[dict[str, Any]] = {
         "sink": os.environ.get("STREAM_SINK", "stream-sink.sqlite")
     }

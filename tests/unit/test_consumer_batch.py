@@ -21,6 +21,7 @@ from ledger.messages import (
     OffsetConventionError,
     checkpoint_messages,
     crash_count,
+    crashed_alone,
     start_messages,
 )
 from ledger.run import Run
@@ -144,7 +145,7 @@ def test_quarantine_records_the_error_class_and_tries() -> None:
     )
 
 
-def test_a_message_in_two_crashed_batches_is_quarantined_unhandled() -> None:
+def test_a_message_that_crashed_twice_alone_is_quarantined_unhandled() -> None:
     job = Numbers()
     run, attempt = new_run()
     attempt = crash_after(run, attempt, [{"partition": "t[0]", "first": 0, "last": 9}])
@@ -157,14 +158,22 @@ def test_a_message_in_two_crashed_batches_is_quarantined_unhandled() -> None:
     ]
     assert parts[5] == {"t[0]": [message(0, 10), message(0, 11)]}
 
-    # The suspect at offset 7 crashes again, alone: now it is poison.
-    attempt = crash_after(run, attempt, [{"partition": "t[0]", "first": 7, "last": 7}])
-    assert crash_count(run, "t", 0, 7) == 2
+    # The suspect at offset 7 crashes alone: once is not enough (a kill from
+    # outside looks the same), so it is handled again.
+    alone = [{"partition": "t[0]", "first": 7, "last": 7}]
+    attempt = crash_after(run, attempt, alone)
+    assert (crash_count(run, "t", 0, 7), crashed_alone(run, "t", 0, 7)) == (2, 1)
     assert crash_count(run, "t", 0, 8) == 1
+    handled = handle_batch(job, run, {"t[0]": [message(0, 7)]}, stopped=lambda _: False)
+    assert handled.poison == []
+
+    # It crashes alone a second time: now it is poison, not handled again.
+    attempt = crash_after(run, attempt, alone)
+    calls = job.calls[("t", 0, 7)]
     handled = handle_batch(job, run, {"t[0]": [message(0, 7)]}, stopped=lambda _: False)
     (poison,) = handled.poison
     assert (poison.reason, poison.crashes, poison.tries) == ("crashed-worker", 2, 0)
-    assert job.calls[("t", 0, 7)] == 0
+    assert job.calls[("t", 0, 7)] == calls
 
 
 def test_crash_ranges_behind_a_checkpoint_are_forgotten() -> None:
