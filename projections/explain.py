@@ -154,6 +154,14 @@ def _explain_consumer(run: RunView, attempts: list[AttemptView]) -> str:
             f"{where}; {quarantined}{superseded}; fix the cause, then recover "
             f"with {command}."
         )
+    if run.state == "abandoned":
+        decision = run.actions[-1] if run.actions else {}
+        return (
+            f"{name} was abandoned on attempt {run.attempts} by "
+            f"{decision.get('by', 'an operator')} ({_clip(decision.get('reason'))}); "
+            f"{done}; {where}; {quarantined}{superseded}; a new process of the "
+            f"member resumes from these positions: {command}."
+        )
     last = attempts[-1] if attempts else None
     evidence = run.worker_evidence or (
         last.error_message if last and last.error_message else "worker lost"

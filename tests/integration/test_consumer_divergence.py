@@ -62,6 +62,17 @@ def test_restart_after_crash_between_commits_seeks_to_ledger_and_reports(
     assert f"{topic}[0] at {3 * BATCH:,}" in story.stdout
     assert "--member diverge`" in story.stdout, story.stdout
 
+    # An operator may declare that process gone for good; the member's next
+    # start resumes the run all the same.
+    given_up = ledger_command(
+        ["abandon", dead["run_id"], "--reason", "host retired", "--as", "ops"],
+        url=sqlite_url, cwd=tmp_path,
+    )  # fmt: skip
+    assert given_up.returncode == 0, given_up.stderr
+    story = ledger_command(["explain", dead["run_id"]], url=sqlite_url, cwd=tmp_path)
+    assert "was abandoned on attempt 1 by ops (host retired)" in story.stdout
+    assert "--member diverge`" in story.stdout, story.stdout
+
     # The restart starts from the ledger and says Kafka was behind.
     restarted = ConsumerProcess(**common, until_idle=1.5)
     assert restarted.wait() == 0, restarted.tail()
