@@ -80,11 +80,19 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: LedgerConsumer) -> None:
         self.owner = owner
 
+    # aiokafka logs what a listener raises and carries on: a partition left
+    # unpositioned would then sit idle for ever. The loop raises it instead.
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.owner._on_revoked(list(revoked))
+        try:
+            await self.owner._on_revoked(list(revoked))
+        except Exception as error:
+            self.owner._fail_from_listener(error)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self.owner._on_assigned(list(assigned))
+        try:
+            await self.owner._on_assigned(list(assigned))
+        except Exception as error:
+            self.owner._fail_from_listener(error)
 
 
 class LedgerConsumer:
@@ -115,6 +123,12 @@ class LedgerConsumer:
 
         # For --until-idle: a rebalance is activity.
         self._last_rebalance = time.monotonic()
+
+        # Counts rebalances: a batch that outlived one must not trust the
+        # client's positions, which a revoke (dropping what was fetched) or
+        # a new assignment (seeking) made meaningless for it.
+        self._generation = 0
+        self._unrecorded_revokes: set[str] = set()
         self._started = time.monotonic()
         self.summary = ConsumerSummary(run_id="", attempt=0)
         self._consumer: AIOKafkaConsumer | None = None
@@ -258,8 +272,9 @@ class LedgerConsumer:
             batch = await self._fetch()
             if self._fatal is not None:
                 raise self._fatal
-            if batch:
+            if batch or self._unrecorded_revokes:
                 async with self._lock:
+                    await self._record_revokes()
                     await self._work(batch)
                 idle_since = time.monotonic()
             elif self.until_idle is not None:
@@ -286,10 +301,22 @@ class LedgerConsumer:
         return fetched.take(limit)
 
     async def _caught_up(self) -> bool:
-        """Whether the group, not just this member, has read every partition
-        of its topics to the end: a member whose partitions moved to another
-        (or to a dead static member, until its session expires) must not
-        stop while they are unread."""
+        """Whether there is nothing left to read.
+
+        A member with partitions looks at its own: the client's position,
+        which steps over transaction markers and deleted messages, against
+        each partition's end. A member with none (its partitions may be
+        parked on a departed static member until its session expires) waits
+        until the group's ledger positions reach the end of every partition
+        that the group has ever read.
+        """
+        assigned = list(self.consumer.assignment())
+        if assigned:
+            ends = await self.consumer.end_offsets(assigned)
+            for tp in assigned:
+                if await self.consumer.position(tp) < ends[tp]:
+                    return False
+            return True
         partitions = []
         for topic in self.job.topics:
             numbers = self.consumer.partitions_for_topic(topic)
@@ -300,8 +327,8 @@ class LedgerConsumer:
         firsts = await self.consumer.beginning_offsets(partitions)
         recorded = await self._call(self.recorder.positions)
         for tp in partitions:
-            position = recorded.get(_tp_key(tp), firsts[tp])
-            if position < ends[tp]:
+            position = recorded.get(_tp_key(tp))
+            if position is not None and max(position, firsts[tp]) < ends[tp]:
                 return False
         return True
 
@@ -317,6 +344,7 @@ class LedgerConsumer:
                 {"partition": key, "first": msgs[0].offset, "last": msgs[-1].offset}
                 for key, msgs in sorted(part.items())
             ]
+            generation = self._generation
             number = await self._call(recorder.start_batch, ranges)
             faults.enter_batch(CONSUME_STEP, number)
             handled = await self._call(
@@ -338,7 +366,11 @@ class LedgerConsumer:
                 _tp_key(tp): self.consumer.highwater(tp)
                 for tp in self.consumer.assignment()
             }
-            read_past = await self._read_past(part, handled, later)
+            read_past = (
+                await self._read_past(part, handled, later)
+                if generation == self._generation
+                else {}
+            )
             result = await self._call(
                 recorder.checkpoint,
                 number,
@@ -424,8 +456,21 @@ class LedgerConsumer:
 
     # Rebalances.
 
+    def _fail_from_listener(self, error: Exception) -> None:
+        log.error("rebalance.failed", error=f"{type(error).__name__}: {error}")
+        if self._fatal is None:
+            self._fatal = (
+                error
+                if isinstance(error, LedgerError)
+                else LedgerError(
+                    f"a rebalance could not be handled ({type(error).__name__}: "
+                    f"{error}); start the consumer again"
+                )
+            )
+
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         self._last_rebalance = time.monotonic()
+        self._generation += 1
         keys = {_tp_key(tp) for tp in revoked}
         self._revoking |= keys
         for key in keys:
@@ -433,30 +478,41 @@ class LedgerConsumer:
         if self._stop.is_set() or not keys:
             return
 
-        # Let the batch in flight finish and checkpoint what it did in time.
+        # Let the batch in flight finish and checkpoint what it did in time;
+        # past the deadline the group moves on, and the revocation is
+        # recorded once that batch ends.
+        self._unrecorded_revokes |= keys
         try:
             await asyncio.wait_for(self._lock.acquire(), REVOKE_TIMEOUT_S)
         except TimeoutError:
             log.warning("partitions.revoke_timeout", partitions=sorted(keys))
             return
         try:
-            run = self.recorder.current
-            items = [
-                {"partition": key, "next": run.partitions.get(key)}
-                for key in sorted(keys)
-                if key in run.partitions
-            ]
-            if items:
-                await self._call(self.recorder.record_revoked, items)
-            log.info("partitions.revoked", partitions=sorted(keys))
+            await self._record_revokes()
         finally:
             self._lock.release()
+
+    async def _record_revokes(self) -> None:
+        """Records the revocations not yet recorded; call under the lock."""
+        keys, self._unrecorded_revokes = self._unrecorded_revokes, set()
+        run = self.recorder.current
+        items = [
+            {"partition": key, "next": run.partitions.get(key)}
+            for key in sorted(keys)
+            if key in run.partitions
+        ]
+        if items:
+            await self._call(self.recorder.record_revoked, items)
+        if keys:
+            log.info("partitions.revoked", partitions=sorted(keys))
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Seeks each partition to the ledger's position; reports how
         Kafka's committed offset, and the log, compare."""
         self._last_rebalance = time.monotonic()
+        self._generation += 1
         self._revoking -= {_tp_key(tp) for tp in assigned}
+        self._unrecorded_revokes -= {_tp_key(tp) for tp in assigned}
         if not assigned:
             return
         recorded = await self._call(self.recorder.positions)

@@ -166,9 +166,22 @@ class ConsumerRecorder:
         self._save()
 
     def positions(self) -> dict[str, int]:
-        """The group's recorded positions, by partition key."""
-        found = load_positions(self.ledger, self.group)
-        return {partition_key(p.topic, p.partition): n for p, n in found.items()}
+        """The group's recorded positions, by partition key; waits out a
+        ledger outage like a save does."""
+        deadline = time.monotonic() + OUTAGE_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                found = load_positions(self.ledger, self.group)
+            except PersistenceError as error:
+                if time.monotonic() >= deadline:
+                    raise LedgerUnavailable(
+                        "the ledger", str(error).splitlines()[0]
+                    ) from error
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            return {partition_key(p.topic, p.partition): n for p, n in found.items()}
 
     def record_assigned(self, partitions: list[dict[str, Any]]) -> None:
         self._commit(
