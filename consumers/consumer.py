@@ -515,6 +515,22 @@ class LedgerConsumer:
         self._unrecorded_revokes -= {_tp_key(tp) for tp in assigned}
         if not assigned:
             return
+        # A batch still in flight from before the rebalance (its revoke
+        # timed out) may hold these very partitions: let it checkpoint
+        # first, so that the placement reads where it really got to.
+        locked = True
+        try:
+            await asyncio.wait_for(self._lock.acquire(), REVOKE_TIMEOUT_S)
+        except TimeoutError:
+            locked = False
+            log.warning("partitions.assign_without_lock", partitions=len(assigned))
+        try:
+            await self._place(assigned)
+        finally:
+            if locked:
+                self._lock.release()
+
+    async def _place(self, assigned: list[TopicPartition]) -> None:
         recorded = await self._call(self.recorder.positions)
         firsts = await self.consumer.beginning_offsets(assigned)
         ends = await self.consumer.end_offsets(assigned)
@@ -567,5 +583,4 @@ class LedgerConsumer:
                 await self.consumer.commit(repair)
             except KafkaError as error:
                 log.warning("kafka.repair_failed", error=type(error).__name__)
-        async with self._lock:
-            await self._call(self.recorder.record_assigned, items)
+        await self._call(self.recorder.record_assigned, items)
