@@ -288,6 +288,11 @@ class LedgerConsumer:
         `batch_max_seconds` of the first one."""
         limit, seconds = self.job.batch_max_records, self.job.batch_max_seconds
         fetched = self._fetched
+
+        # What the client already holds for other partitions joins the
+        # buffer first, so a long backlog on one cannot starve the rest.
+        if len(fetched):
+            fetched.accept(await self.consumer.getmany(timeout_ms=0))
         deadline = time.monotonic() + seconds if len(fetched) else None
         while len(fetched) < limit and not self._stop.is_set():
             wait = seconds if deadline is None else deadline - time.monotonic()

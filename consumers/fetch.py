@@ -26,6 +26,7 @@ class FetchBuffer:
     def __init__(self) -> None:
         self._next: dict[str, int] = {}
         self._queues: dict[str, collections.deque[Message]] = {}
+        self._turn = 0
 
     def __len__(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
@@ -73,11 +74,19 @@ class FetchBuffer:
                 self._next[key] = messages[-1].offset + 1
 
     def take(self, limit: int) -> dict[str, list[Message]]:
-        """Up to `limit` messages, taken from every partition in turn."""
+        """Up to `limit` messages, taken from every partition in turn; each
+        call starts one partition further on, so that batches smaller than
+        the number of partitions still reach them all."""
         batch: dict[str, list[Message]] = {}
+        keys = sorted(self._queues)
+        if not keys:
+            return batch
+        start = self._turn % len(keys)
+        self._turn += 1
+        order = keys[start:] + keys[:start]
         taken = 0
         while taken < limit and len(self):
-            for key in sorted(self._queues):
+            for key in order:
                 queue = self._queues[key]
                 if queue and taken < limit:
                     batch.setdefault(key, []).append(queue.popleft())

@@ -30,7 +30,7 @@ from eventsourcing.persistence import PersistenceError
 
 from consumers.batch import Handled, Poison
 from consumers.job import ConsumerContext, ConsumerJob
-from ledger.attempt import preview_payload, save_run
+from ledger.attempt import ended_by, preview_payload, save_run
 from ledger.errors import LedgerUnavailable, RunHeld, Superseded
 from ledger.input_runs import InputRuns
 from ledger.messages import (
@@ -243,6 +243,13 @@ class ConsumerRecorder:
                 # The pending events are gone with the refused save; start
                 # again from the store, keeping what still moves forward.
                 self.run = self._reload(time.monotonic() + OUTAGE_SECONDS)
+
+                # Or the attempt itself is over (an operator abandoned the
+                # run, another worker took it): nothing more is recorded.
+                if not self.run.attempt_open or self.run.attempt != self.attempt:
+                    raise Superseded(
+                        str(self.run.id), self.attempt, ended_by(self.run)
+                    ) from None
                 recorded = self.positions()
                 superseded.update(
                     {

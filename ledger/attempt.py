@@ -36,6 +36,7 @@ __all__ = [
     "NoProgress",
     "ProgressSink",
     "TooManyRejected",
+    "ended_by",
     "preview_payload",
     "save_run",
     "verify_output",
@@ -85,12 +86,12 @@ def save_run(ledger: Ledger, run: Run, attempt: int, *others: Any) -> None:
             stored: Run = ledger.repository.get(run.id)
         except PersistenceError:
             raise Superseded(str(run.id), attempt) from error
-        raise Superseded(str(run.id), attempt, _ended_by(stored)) from error
+        raise Superseded(str(run.id), attempt, ended_by(stored)) from error
     except PersistenceError as error:
         raise LedgerUnavailable("the ledger", str(error).splitlines()[0]) from error
 
 
-def _ended_by(run: Run) -> str | None:
+def ended_by(run: Run) -> str | None:
     """Who ended a worker's attempt, when an operator did."""
     if run.status == "abandoned" and run.abandoned:
         return f"abandoned by {run.abandoned['by']}: {run.abandoned['reason']}"
@@ -174,7 +175,7 @@ class Attempt:
         except PersistenceError as error:
             raise LedgerUnavailable("the ledger", str(error).splitlines()[0]) from error
         if not run.attempt_open or run.attempt != self.attempt:
-            raise Superseded(str(run.id), self.attempt, _ended_by(run))
+            raise Superseded(str(run.id), self.attempt, ended_by(run))
         run.fail(self.attempt, self.step, self.batch, error_class, message[:2000])
         self.run = run
         self.save()
