@@ -11,10 +11,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import pytest
@@ -147,3 +149,18 @@ def write_numbers(path: Path, count: int, bad: tuple[int, ...] = ()) -> Path:
     lines = [f"x{n}" if n in bad else str(n) for n in range(1, count + 1)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = 60) -> T:
+    """Polls `check` until it returns something truthy, or fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

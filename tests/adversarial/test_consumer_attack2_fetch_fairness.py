@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from kafka_support import (
@@ -24,7 +25,6 @@ from kafka_support import (
     produce,
     require_broker,
     sink_rows,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

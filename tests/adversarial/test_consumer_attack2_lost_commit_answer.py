@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
-from conftest import ledger_command
+from conftest import ledger_command, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from kafka_support import (
@@ -48,7 +48,6 @@ from kafka_support import (
     produce,
     require_broker,
     sink_rows,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import ledger_command
+from conftest import ledger_command, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from kafka_support import (
@@ -25,7 +25,6 @@ from kafka_support import (
     new_names,
     produce,
     require_broker,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

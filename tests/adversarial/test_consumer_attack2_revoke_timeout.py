@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import ledger_command
+from conftest import ledger_command, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 import kafka_support
@@ -38,7 +38,6 @@ from kafka_support import (
     produce,
     require_broker,
     sink_rows,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

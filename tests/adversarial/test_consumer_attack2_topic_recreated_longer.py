@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from test_consumer_attack_topic_recreated import _create_again, _delete_topic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -27,7 +28,6 @@ from kafka_support import (
     produce,
     require_broker,
     sink_rows,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

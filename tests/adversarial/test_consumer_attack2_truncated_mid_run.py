@@ -27,7 +27,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
-from conftest import ledger_command
+from conftest import ledger_command, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 import kafka_support
@@ -41,7 +41,6 @@ from kafka_support import (
     produce,
     require_broker,
     sink_rows,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

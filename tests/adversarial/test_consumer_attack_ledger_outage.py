@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
-from conftest import ledger_command
+from conftest import ledger_command, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from kafka_support import (
@@ -32,7 +32,6 @@ from kafka_support import (
     new_names,
     produce,
     require_broker,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from conftest import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from kafka_support import (
@@ -31,7 +31,6 @@ from kafka_support import (
     produce,
     require_broker,
     sink_rows,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -64,8 +63,7 @@ def _create_again(topic: str) -> bool:
     try:
         create_topic(topic, 1)
     except KafkaError:
-        # Deletion finishes in the background; try again shortly.
-        time.sleep(0.2)
+        # Deletion finishes in the background; wait_until tries again.
         return False
     return True
 

@@ -7,10 +7,9 @@ import shlex
 import shutil
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
-from conftest import FLIGHTS_JOB, LEDGER, make_flights_zip
+from conftest import FLIGHTS_JOB, LEDGER, make_flights_zip, wait_until
 from helpers import flights_args, flights_rows, run_cli, status_json
 
 ROWS = 3000
@@ -109,11 +108,14 @@ def test_output_deleted_while_running_is_reported_completed(tmp_path: Path) -> N
         text=True,
     )
     # Mid-run: the output exists and a few batches are checkpointed.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        if output.exists() and _checkpoints(tmp_path / "ledger.sqlite") >= 3:
-            break
-        time.sleep(0.02)
+    wait_until(
+        lambda: (
+            proc.poll() is not None
+            or (output.exists() and _checkpoints(tmp_path / "ledger.sqlite") >= 3)
+        ),
+        "three checkpoints",
+        30,
+    )
     assert proc.poll() is None, "the job ended before the output could be deleted"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{output}{suffix}").unlink(missing_ok=True)

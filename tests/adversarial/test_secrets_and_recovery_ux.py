@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import NUMBERS_JOB, write_numbers
+from conftest import NUMBERS_JOB, wait_until, write_numbers
 from helpers import run_cli, status_json
 
 SECRET = "S3cretPW"
@@ -179,7 +179,6 @@ def test_interrupt_by_sigint_records_empty_reason(tmp_path: Path) -> None:
     """
     import signal
     import subprocess
-    import time
 
     from conftest import LEDGER
 
@@ -209,12 +208,12 @@ def test_interrupt_by_sigint_records_empty_reason(tmp_path: Path) -> None:
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def holding() -> bool:
         probe = run_cli(["status", "--json"], url, tmp_path)
-        if probe.returncode == 0 and '"current_step": "store"' in probe.stdout:
-            break
-        time.sleep(0.2)
+        return probe.returncode == 0 and '"current_step": "store"' in probe.stdout
+
+    wait_until(holding, "the worker to hold the run", 30)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     hold.unlink()

@@ -12,11 +12,9 @@ import os
 import socket
 import sqlite3
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
@@ -31,8 +29,6 @@ from ledger.store import opened
 BOOTSTRAP = os.environ.get("LEDGER_TEST_KAFKA", "127.0.0.1:19092")
 STREAM_JOB = REPO / "tests" / "jobs" / "stream.py"
 
-T = TypeVar("T")
-
 
 def require_broker() -> None:
     host, _, port = BOOTSTRAP.rpartition(":")
@@ -44,18 +40,6 @@ def require_broker() -> None:
             "scripts/kafka.sh, or point LEDGER_TEST_KAFKA at a running broker",
             pytrace=False,
         )
-
-
-def wait_until(check: Callable[[], T], what: str, timeout: float = 60) -> T:
-    """Polls `check` until it returns something truthy, or fails the test."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def new_names(prefix: str) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import ledger_command
+from conftest import ledger_command, wait_until
 from kafka_support import (
     ConsumerProcess,
     create_topic,
@@ -26,7 +26,6 @@ from kafka_support import (
     produce,
     require_broker,
     sink_rows,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import orjson
-from conftest import LEDGER, NUMBERS_JOB, ledger_command, write_numbers
+from conftest import LEDGER, NUMBERS_JOB, ledger_command, wait_until, write_numbers
 
 
 def _events(url: str, cwd: Path, run_id: str) -> int:
@@ -95,16 +94,16 @@ def _env(url: str) -> dict[str, str]:
 
 def _wait_for_running(url: str, cwd: Path) -> str:
     """The run's id once its worker is holding it (the hold marker)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def held() -> str | None:
         shown = ledger_command(["status", "--json"], url=url, cwd=cwd)
-        if shown.returncode == 0:
-            runs = orjson.loads(shown.stdout)
-            if (
-                runs
-                and runs[0]["state"] == "running"
-                and runs[0]["current_step"] == "store"
-            ):
-                return str(runs[0]["run_id"])
-        time.sleep(0.1)
-    raise AssertionError("the worker never held the run")
+        runs = orjson.loads(shown.stdout) if shown.returncode == 0 else []
+        if (
+            runs
+            and runs[0]["state"] == "running"
+            and runs[0]["current_step"] == "store"
+        ):
+            return str(runs[0]["run_id"])
+        return None
+
+    return wait_until(held, "the worker to hold the run", 60)

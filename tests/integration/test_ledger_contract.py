@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import orjson
 import pytest
-from conftest import FLIGHTS_JOB, NUMBERS_JOB, write_numbers
+from conftest import FLIGHTS_JOB, NUMBERS_JOB, wait_until, write_numbers
 
 from ledger.config import LedgerLocation, parse_ledger_url
 from ledger.errors import JobFailed, LedgerUnavailable, RunHeld, Superseded
@@ -237,22 +236,21 @@ def test_live_worker_holds_the_run_and_a_stale_one_is_fenced(
 
 
 def _wait_for_state(url: str, step: str, outcome: dict[str, Any]) -> UUID:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    async def query(db: ReadDatabase) -> Any:
+        return await list_runs(db, "numbers")
+
+    def reached() -> UUID | None:
         if outcome:
             pytest.fail(f"the worker ended before step {step}: {outcome}")
-
-        async def query(db: ReadDatabase) -> Any:
-            return await list_runs(db, "numbers")
-
         try:
             runs = _read(url, query)
         except LedgerUnavailable:
             runs = []  # the worker has not created the ledger yet
         if runs and runs[0].current_step == step and runs[0].current_batch == 0:
             return UUID(runs[0].run_id)
-        time.sleep(0.02)
-    pytest.fail(f"the worker never reached step {step}")
+        return None
+
+    return wait_until(reached, f"the worker to reach step {step}", 30)
 
 
 def test_concurrent_projectors_apply_each_event_once(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import LEDGER, NUMBERS_JOB, write_numbers
+from conftest import LEDGER, NUMBERS_JOB, wait_until, write_numbers
 
 from ledger.config import parse_ledger_url
 from ledger.loader import load_job
@@ -67,11 +67,11 @@ def test_follow_keeps_read_tables_current(postgres_url: str, tmp_path: Path) -> 
         with opened(location) as ledger:
             run_job(ledger, job, str(NUMBERS_JOB), describe_input(numbers), params)
 
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if _projected_state(postgres_url) == [("completed", 1)]:
-                break
-            time.sleep(0.05)
+        wait_until(
+            lambda: _projected_state(postgres_url) == [("completed", 1)],
+            "the follower to project the run",
+            30,
+        )
         assert _projected_state(postgres_url) == [("completed", 1)]
         assert follower.poll() is None
     finally:
