@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import uuid4
 
 import orjson
@@ -168,20 +168,11 @@ class ConsumerRecorder:
     def positions(self) -> dict[str, int]:
         """The group's recorded positions, by partition key; waits out a
         ledger outage like a save does."""
-        deadline = time.monotonic() + OUTAGE_SECONDS
-        delay = 0.1
-        while True:
-            try:
-                found = load_positions(self.ledger, self.group)
-            except PersistenceError as error:
-                if time.monotonic() >= deadline:
-                    raise LedgerUnavailable(
-                        "the ledger", str(error).splitlines()[0]
-                    ) from error
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            return {partition_key(p.topic, p.partition): n for p, n in found.items()}
+        found = _patiently(
+            lambda: load_positions(self.ledger, self.group),
+            time.monotonic() + OUTAGE_SECONDS,
+        )
+        return {partition_key(p.topic, p.partition): n for p, n in found.items()}
 
     def record_assigned(self, partitions: list[dict[str, Any]]) -> None:
         self._commit(
@@ -433,18 +424,28 @@ class ConsumerRecorder:
 
     def _reload(self, deadline: float) -> Run:
         """The run as the store holds it, waiting for the ledger to answer."""
-        delay = 0.1
-        while True:
-            try:
-                run: Run = self.ledger.repository.get(self.current.id)
-                return run
-            except PersistenceError as error:
-                if time.monotonic() >= deadline:
-                    raise LedgerUnavailable(
-                        "the ledger", str(error).splitlines()[0]
-                    ) from error
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        run: Run = _patiently(
+            lambda: self.ledger.repository.get(self.current.id), deadline
+        )
+        return run
+
+
+_R = TypeVar("_R")
+
+
+def _patiently(read: Callable[[], _R], deadline: float) -> _R:
+    """A read of the ledger, retried with backoff until the deadline."""
+    delay = 0.1
+    while True:
+        try:
+            return read()
+        except PersistenceError as error:
+            if time.monotonic() >= deadline:
+                raise LedgerUnavailable(
+                    "the ledger", str(error).splitlines()[0]
+                ) from error
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _key(item: Poison) -> str:
