@@ -41,7 +41,9 @@ from consumers.job import ConsumerJob, Message
 from consumers.quarantine_copy import copy_to_quarantine
 from consumers.recorder import Checkpointed, ConsumerRecorder
 from ledger import faults
+from ledger.attempt import PAUSE_POLL_SECONDS
 from ledger.errors import JobFailed, LedgerError, LedgerUnavailable, Superseded
+from ledger.lease import Heartbeat
 from ledger.messages import CONSUME_STEP, partition_key
 
 __all__ = ["ConsumerSummary", "LedgerConsumer"]
@@ -129,6 +131,11 @@ class LedgerConsumer:
         # a new assignment (seeking) made meaningless for it.
         self._generation = 0
         self._unrecorded_revokes: set[str] = set()
+
+        # An operator's pause: looked for between batches, held by pausing
+        # every assigned partition while the group membership lives on.
+        self._paused = False
+        self._next_pause_check = 0.0
         self._started = time.monotonic()
         self.summary = ConsumerSummary(run_id="", attempt=0)
         self._consumer: AIOKafkaConsumer | None = None
@@ -176,10 +183,14 @@ class LedgerConsumer:
         self.summary.run_id = str(recorder.current.id)
         self.summary.attempt = recorder.attempt
         self._install_signals()
+        heartbeat = Heartbeat(recorder.ledger, recorder.current.id, recorder.attempt)
         try:
-            await self._call(self.job.open, recorder.context())
-            self.consumer.subscribe(list(self.job.topics), listener=_Rebalance(self))
-            await self._consume_loop()
+            with heartbeat:
+                await self._call(self.job.open, recorder.context())
+                self.consumer.subscribe(
+                    list(self.job.topics), listener=_Rebalance(self)
+                )
+                await self._consume_loop()
         except (Superseded, LedgerUnavailable):
             # Nothing more may be recorded by this worker.
             await self._close_clients()
@@ -269,6 +280,10 @@ class LedgerConsumer:
         while not self._stop.is_set():
             if self._fatal is not None:
                 raise self._fatal
+            if await self._pause_asked():
+                await self._wait_while_paused()
+                idle_since = time.monotonic()
+                continue
             batch = await self._fetch()
             if self._fatal is not None:
                 raise self._fatal
@@ -282,6 +297,36 @@ class LedgerConsumer:
                 if idle_for >= self.until_idle and await self._caught_up():
                     log.info("consumer.idle", idle_seconds=round(idle_for, 1))
                     return
+
+    async def _pause_asked(self) -> bool:
+        """Whether an operator paused the run; asked of the ledger at most
+        every PAUSE_POLL_SECONDS, between batches."""
+        now = time.monotonic()
+        if now < self._next_pause_check:
+            return False
+        self._next_pause_check = now + PAUSE_POLL_SECONDS
+        return await self._call(self.recorder.pause_asked)
+
+    async def _wait_while_paused(self) -> None:
+        """Records the pause, then holds every partition still, polling on
+        so the group keeps this member, until the pause is lifted."""
+        await self._call(self.recorder.acknowledge_pause)
+        self._paused = True
+        self.consumer.pause(*self.consumer.assignment())
+        log.info("consumer.paused", run_id=self.summary.run_id)
+        try:
+            while not self._stop.is_set():
+                # Paused partitions give nothing; the poll keeps us a member.
+                fetched = await self.consumer.getmany(
+                    timeout_ms=int(PAUSE_POLL_SECONDS * 1000)
+                )
+                self._fetched.accept(fetched)
+                if not await self._call(self.recorder.still_paused):
+                    break
+        finally:
+            self._paused = False
+            self.consumer.resume(*self.consumer.assignment())
+        log.info("consumer.resumed", run_id=self.summary.run_id)
 
     async def _fetch(self) -> dict[str, list[Message]]:
         """A batch: up to `batch_max_records` messages, or what came within
@@ -531,6 +576,8 @@ class LedgerConsumer:
             log.warning("partitions.assign_without_lock", partitions=len(assigned))
         try:
             await self._place(assigned)
+            if self._paused:
+                self.consumer.pause(*assigned)
         finally:
             if locked:
                 self._lock.release()

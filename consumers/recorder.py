@@ -30,7 +30,7 @@ from eventsourcing.persistence import PersistenceError
 
 from consumers.batch import Handled, Poison
 from consumers.job import ConsumerContext, ConsumerJob
-from ledger.attempt import ended_by, preview_payload, save_run
+from ledger.attempt import ended_by, preview_payload, record_refusal, save_run
 from ledger.errors import LedgerUnavailable, RunHeld, Superseded
 from ledger.input_runs import InputRuns
 from ledger.messages import (
@@ -61,6 +61,10 @@ log = structlog.get_logger(__name__)
 # A refused save is retried on the partitions that still move forward; a
 # second refusal in a row means another consumer races on them too.
 _SAVE_TRIES = 3
+
+# A save refused because the run moved on (an operator's decision, a lease
+# renewal) while this attempt still holds it is made again; this many times.
+_CONFLICT_TRIES = 10
 
 # How long a consumer waits for an unreachable ledger before it gives up;
 # meanwhile nothing is checkpointed and nothing is committed to Kafka.
@@ -238,6 +242,9 @@ class ConsumerRecorder:
                 # Or the attempt itself is over (an operator abandoned the
                 # run, another worker took it): nothing more is recorded.
                 if not self.run.attempt_open or self.run.attempt != self.attempt:
+                    record_refusal(
+                        self.ledger, self.run, self.attempt, ["MessagesCheckpointed"]
+                    )
                     raise Superseded(
                         str(self.run.id), self.attempt, ended_by(self.run)
                     ) from None
@@ -352,6 +359,26 @@ class ConsumerRecorder:
                 )
             )
 
+    def pause_asked(self) -> bool:
+        """Whether an operator asked this run to pause; reads only what was
+        appended since this process last saw the run."""
+        run = self.current
+        newer = list(self.ledger.repository.event_store.get(run.id, gt=run.version))
+        if newer:
+            self.run = self._reload(time.monotonic() + OUTAGE_SECONDS)
+        return self.current.paused is not None
+
+    def acknowledge_pause(self) -> None:
+        self._commit(lambda run: run.acknowledge_pause(self.attempt))
+
+    def still_paused(self) -> bool:
+        """Whether the pause holds; Superseded once the attempt has ended
+        (an operator abandoned the paused run, another worker took it)."""
+        self.run = self._reload(time.monotonic() + OUTAGE_SECONDS)
+        if not self.run.attempt_open or self.run.attempt != self.attempt:
+            raise Superseded(str(self.run.id), self.attempt, ended_by(self.run))
+        return self.run.paused is not None
+
     def _save(self) -> None:
         self.events += len(self.current.pending_events)
         save_run(self.ledger, self.current, self.attempt)
@@ -374,6 +401,7 @@ class ConsumerRecorder:
         """
         deadline = time.monotonic() + OUTAGE_SECONDS
         delay = 0.1
+        conflicts = 0
         while True:
             run = self.current
             before = run.version
@@ -384,12 +412,25 @@ class ConsumerRecorder:
                     save_run(self.ledger, run, self.attempt)
                 else:
                     save_with_positions(self.ledger, run, positions)
-            except (PositionRefused, Superseded):
+            except (PositionRefused, Superseded) as refusal:
                 self.run = self._reload(deadline)
                 if self._stored(before, pending):
                     log.info("ledger.commit_confirmed", run_id=str(run.id))
                     self.events += len(pending)
                     return
+
+                # Still this attempt's run: an operator's decision or a lease
+                # renewal moved it on, never work. Record the facts again.
+                ours = self.run.attempt_open and self.run.attempt == self.attempt
+                if ours and isinstance(refusal, Superseded):
+                    conflicts += 1
+                    if conflicts < _CONFLICT_TRIES:
+                        continue
+                if not ours:
+                    record_refusal(self.ledger, self.run, self.attempt, pending)
+                    raise Superseded(
+                        str(run.id), self.attempt, ended_by(self.run)
+                    ) from refusal
                 raise
             except LedgerUnavailable as error:
                 if time.monotonic() >= deadline:

@@ -16,8 +16,11 @@ leaves it recorded, so no later attempt reads it again.
 from __future__ import annotations
 
 import itertools
+import os
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -29,15 +32,17 @@ from ledger.errors import JobFailed, LedgerUnavailable, OutputLost, Superseded
 from ledger.job import Record, Reject, Step
 from ledger.run import Run
 from ledger.store import Ledger
-from ledger.worker import lease_until
+from ledger.worker import describe, lease_until
 
 __all__ = [
     "Attempt",
     "NoProgress",
     "ProgressSink",
     "TooManyRejected",
+    "commit",
     "ended_by",
     "preview_payload",
+    "record_refusal",
     "save_run",
     "verify_output",
 ]
@@ -48,6 +53,13 @@ log = structlog.get_logger(__name__)
 # record cannot bloat the ledger.
 PAYLOAD_PREVIEW_CHARS = 2000
 
+# A save refused because the run moved on is applied again on the run as
+# stored; each try follows one more operator decision or lease renewal.
+_COMMIT_TRIES = 10
+
+# How often a paused worker looks for the pause to be lifted.
+PAUSE_POLL_SECONDS = float(os.environ.get("LEDGER_PAUSE_POLL_SECONDS", "0.5"))
+
 
 class ProgressSink(Protocol):
     def step_started(self, step: str, total: int | None, done: int) -> None: ...
@@ -55,6 +67,8 @@ class ProgressSink(Protocol):
     def batch_done(self, step: str, position: int) -> None: ...
 
     def step_finished(self, step: str) -> None: ...
+
+    def paused(self, by: str, reason: str) -> None: ...
 
 
 class NoProgress:
@@ -65,6 +79,9 @@ class NoProgress:
         pass
 
     def step_finished(self, step: str) -> None:
+        pass
+
+    def paused(self, by: str, reason: str) -> None:
         pass
 
 
@@ -91,10 +108,72 @@ def save_run(ledger: Ledger, run: Run, attempt: int, *others: Any) -> None:
         raise LedgerUnavailable("the ledger", str(error).splitlines()[0]) from error
 
 
+def commit(
+    ledger: Ledger, run: Run, attempt: int, record: Callable[[Run], object]
+) -> Run:
+    """Applies `record` to the run and saves it; returns the run as saved.
+
+    The store refuses a save when the run moved on since it was loaded.
+    While this attempt is still the run's open one, what moved it can only
+    be an operator's decision or a lease renewal, never work, so `record`
+    is applied again to the run as stored (and checked again). Once the
+    attempt has ended (abandoned, taken over after its lease ran out), the
+    refusal is recorded and `Superseded` raised: nothing of it is applied.
+    """
+    for _ in range(_COMMIT_TRIES):
+        record(run)
+        refused = [type(event).__name__ for event in run.pending_events]
+        try:
+            ledger.save(run)
+            return run
+        except IntegrityError as error:
+            stored = _reload(ledger, run)
+            if stored.attempt_open and stored.attempt == attempt:
+                run = stored
+                continue
+            record_refusal(ledger, stored, attempt, refused)
+            raise Superseded(str(run.id), attempt, ended_by(stored)) from error
+        except PersistenceError as error:
+            raise LedgerUnavailable("the ledger", str(error).splitlines()[0]) from error
+    raise Superseded(str(run.id), attempt, "changed faster than it could record")
+
+
+def _reload(ledger: Ledger, run: Run) -> Run:
+    try:
+        stored: Run = ledger.repository.get(run.id)
+    except PersistenceError as error:
+        raise LedgerUnavailable("the ledger", str(error).splitlines()[0]) from error
+    return stored
+
+
+def record_refusal(ledger: Ledger, run: Run, attempt: int, refused: list[str]) -> None:
+    """Records that a late worker's appends were refused, best effort: the
+    refusal stands whether or not this record makes it."""
+    why = ended_by(run) or (
+        f"attempt {run.attempt} holds the run"
+        if run.attempt_open
+        else f"the run is {run.status}"
+    )
+    try:
+        run.refuse_appends(attempt, refused, why)
+        ledger.save(run)
+    except (IntegrityError, PersistenceError):
+        return
+    log.warning(
+        "attempt.superseded",
+        run_id=str(run.id),
+        attempt=attempt,
+        refused=refused,
+        why=why,
+    )
+
+
 def ended_by(run: Run) -> str | None:
     """Who ended a worker's attempt, when an operator did."""
     if run.status == "abandoned" and run.abandoned:
         return f"abandoned by {run.abandoned['by']}: {run.abandoned['reason']}"
+    if run.attempt_open:
+        return f"taken over by attempt {run.attempt} ({describe(run.worker)})"
     return None
 
 
@@ -123,9 +202,11 @@ class Attempt:
         self.step: str | None = None
         self.batch: int | None = None
 
-    def save(self) -> None:
-        self.events += len(self.run.pending_events)
-        save_run(self.ledger, self.run, self.attempt)
+    def commit(self, record: Callable[[Run], object]) -> None:
+        """Records facts on the run; see `commit`."""
+        before = self.run.version
+        self.run = commit(self.ledger, self.run, self.attempt, record)
+        self.events += self.run.version - before
 
     def work(self) -> None:
         try:
@@ -170,15 +251,15 @@ class Attempt:
     def _record_failure(self, error_class: str, message: str) -> None:
         # Start again from what the store holds: the in-memory run may carry
         # a checkpoint that never committed.
-        try:
-            run: Run = self.ledger.repository.get(self.run.id)
-        except PersistenceError as error:
-            raise LedgerUnavailable("the ledger", str(error).splitlines()[0]) from error
+        run = _reload(self.ledger, self.run)
         if not run.attempt_open or run.attempt != self.attempt:
             raise Superseded(str(run.id), self.attempt, ended_by(run))
-        run.fail(self.attempt, self.step, self.batch, error_class, message[:2000])
         self.run = run
-        self.save()
+        self.commit(
+            lambda run: run.fail(
+                self.attempt, self.step, self.batch, error_class, message[:2000]
+            )
+        )
         log.warning(
             "attempt.failed",
             run_id=str(run.id),
@@ -198,20 +279,17 @@ class Attempt:
             if name in self.run.completed_steps:
                 continue
             self.step = name
-            self.run.start_step(self.attempt, name)
-            self.save()
+            self.commit(partial(Run.start_step, attempt=self.attempt, step=name))
             self._work_batches(by_name[name])
             self.batch = None
-            self.run.complete_step(self.attempt, name)
-            self.save()
+            self.commit(partial(Run.complete_step, attempt=self.attempt, step=name))
             self.progress.step_finished(name)
 
         # The output must still hold everything the checkpoints record: a
         # file deleted or replaced under the job is caught here, not later.
         self.step = None
         verify_output(self.run, steps)
-        self.run.complete(self.attempt, dict(self.run.totals))
-        self.save()
+        self.commit(lambda run: run.complete(self.attempt, dict(run.totals)))
         log.info("run.completed", run_id=str(self.run.id), attempt=self.attempt)
 
     def _work_batches(self, step: Step) -> None:
@@ -232,11 +310,21 @@ class Attempt:
         self.batch = batch
         faults.enter_batch(step.name, batch)
 
-        # Record the start, renewing the lease.
-        self.run.start_batch(
-            self.attempt, step.name, batch, chunk[0].number, lease_until()
-        )
-        self.save()
+        # Record the start, renewing the lease; an operator's pause is
+        # honoured here, at the boundary, before the batch is begun.
+        def begin(run: Run) -> None:
+            if run.paused is not None:
+                raise _PauseAtBoundary
+            run.start_batch(
+                self.attempt, step.name, batch, chunk[0].number, lease_until()
+            )
+
+        while True:
+            try:
+                self.commit(begin)
+                break
+            except _PauseAtBoundary:
+                self._wait_while_paused()
 
         # Handle each record; a rejected one waits for quarantine.
         counters: Counter[str] = Counter()
@@ -255,34 +343,59 @@ class Attempt:
         faults.hit("after_write")
 
         # One transaction: quarantined records and the checkpoint.
-        for record, reject in rejected:
-            self.run.quarantine(
-                self.attempt,
-                step.name,
-                batch,
-                record.number,
-                reject.reason,
-                reject.detail[:500],
-                preview_payload(reject.payload),
+        def checkpoint(run: Run) -> None:
+            for record, reject in rejected:
+                run.quarantine(
+                    self.attempt,
+                    step.name,
+                    batch,
+                    record.number,
+                    reject.reason,
+                    reject.detail[:500],
+                    preview_payload(self.redact(reject.payload)),
+                )
+            run.checkpoint_batch(
+                attempt=self.attempt,
+                step=step.name,
+                batch=batch,
+                first_record=chunk[0].number,
+                last_record=chunk[-1].number,
+                position=chunk[-1].position,
+                position_kind=getattr(step, "position_kind", "position"),
+                records=len(chunk),
+                written=written,
+                quarantined=len(rejected),
+                counters=dict(counters),
+                lease_until=lease_until(),
             )
-        self.run.checkpoint_batch(
-            attempt=self.attempt,
-            step=step.name,
-            batch=batch,
-            first_record=chunk[0].number,
-            last_record=chunk[-1].number,
-            position=chunk[-1].position,
-            position_kind=getattr(step, "position_kind", "position"),
-            records=len(chunk),
-            written=written,
-            quarantined=len(rejected),
-            counters=dict(counters),
-            lease_until=lease_until(),
-        )
-        self.save()
+
+        self.commit(checkpoint)
         self.batch = None
         faults.hit("after_checkpoint")
         self.progress.batch_done(step.name, chunk[-1].position)
+
+    def _wait_while_paused(self) -> None:
+        """Records that this worker paused, then waits, holding its lease
+        (the heartbeat renews it), until the pause is lifted."""
+        self.commit(lambda run: run.acknowledge_pause(self.attempt))
+        paused = self.run.paused or {}
+        log.info(
+            "attempt.paused",
+            run_id=str(self.run.id),
+            attempt=self.attempt,
+            by=paused.get("by"),
+            reason=paused.get("reason"),
+        )
+        self.progress.paused(paused.get("by", ""), paused.get("reason", ""))
+        while True:
+            time.sleep(PAUSE_POLL_SECONDS)
+            run = _reload(self.ledger, self.run)
+            if not run.attempt_open or run.attempt != self.attempt:
+                raise Superseded(str(run.id), self.attempt, ended_by(run))
+            if run.paused is None:
+                self.run = run
+                log.info("attempt.resumed", run_id=str(run.id), attempt=self.attempt)
+                return
 
     def _check_reject_ratio(
         self, step: str, batch: int, size: int, rejected: list[tuple[Record, Reject]]
@@ -299,6 +412,10 @@ class Attempt:
                 f"over max_quarantine_ratio {limit}; check that the input is "
                 "the file this job expects"
             )
+
+
+class _PauseAtBoundary(Exception):
+    """An operator's pause, found where a batch would begin."""
 
 
 class TooManyRejected(Exception):

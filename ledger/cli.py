@@ -14,9 +14,13 @@ from typing import Any, NoReturn
 import click
 
 from consumers.cli import consume
-from ledger.cli_control import abandon_cmd
+from ledger.cli_control import abandon_cmd, pause_cmd
+from ledger.cli_promote import promote_cmd
+from ledger.cli_quarantine import discard_cmd, show_cmd
 from ledger.cli_read import explain_cmd, history, project, quarantine, status
+from ledger.cli_rerun import rerun
 from ledger.cli_run import resume, run
+from ledger.cli_serve import serve
 from ledger.config import parse_ledger_url
 from ledger.errors import LedgerError
 from ledger.logs import configure_logging
@@ -64,15 +68,23 @@ def cli(ctx: click.Context, ledger_url: str, log_level: str) -> None:
 for _command in (
     run,
     resume,
+    rerun,
     consume,
     abandon_cmd,
+    pause_cmd,
     status,
     history,
     explain_cmd,
     quarantine,
     project,
+    serve,
 ):
     cli.add_command(_command)
+
+# Decisions about quarantined records join the read group's `list`.
+quarantine.add_command(show_cmd)
+quarantine.add_command(discard_cmd)
+quarantine.add_command(promote_cmd)
 
 
 def main() -> None:

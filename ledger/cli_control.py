@@ -11,7 +11,7 @@ from ledger.cli_support import location_of, print_json
 if TYPE_CHECKING:
     from ledger.operations import ControlResult
 
-__all__ = ["abandon_cmd"]
+__all__ = ["abandon_cmd", "pause_cmd"]
 
 
 @click.command("abandon")
@@ -38,6 +38,32 @@ def abandon_cmd(
     from ledger.operations import abandon_run
 
     result = abandon_run(location_of(ctx), run_ref, by=operator(as_name), reason=reason)
+    _show(result, as_json=as_json)
+
+
+@click.command("pause")
+@click.argument("run_ref", metavar="RUN")
+@click.option(
+    "--reason", required=True, help="Why the run must wait (recorded with the run)."
+)
+@click.option(
+    "--as",
+    "as_name",
+    default=None,
+    metavar="NAME",
+    help="Who decides (default: LEDGER_OPERATOR, else user@host).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def pause_cmd(
+    ctx: click.Context, run_ref: str, reason: str, as_name: str | None, as_json: bool
+) -> None:
+    """Pause a run: its worker stops at the next batch boundary and waits
+    until `ledger resume RUN`; a run with no worker stays put until then."""
+    from ledger.controls import operator
+    from ledger.operations import pause_run
+
+    result = pause_run(location_of(ctx), run_ref, by=operator(as_name), reason=reason)
     _show(result, as_json=as_json)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
@@ -15,6 +14,14 @@ from ledger.config import LedgerLocation
 from ledger.errors import LedgerNotCreated
 from projections.access import open_read_database, read
 from projections.database import ReadDatabase
+from projections.documents import (
+    explain_document,
+    history_document,
+    quarantine_document,
+    read_quarantine,
+    read_run_and_attempts,
+    status_document,
+)
 from projections.explain import (
     describe_checkpoint,
     describe_partitions,
@@ -24,12 +31,6 @@ from projections.explain import (
 from projections.explain import short_id as _short
 from projections.runner import catch_up, follow_loop, rebuild
 from projections.views import (
-    AttemptView,
-    QuarantineView,
-    RunView,
-    find_run,
-    list_attempts,
-    list_quarantine,
     list_runs,
 )
 
@@ -40,16 +41,6 @@ _json_option = click.option(
 )
 
 
-def _run_and_attempts(
-    run_ref: str,
-) -> Callable[[ReadDatabase], Awaitable[tuple[RunView, list[AttemptView]]]]:
-    async def query(db: ReadDatabase) -> tuple[RunView, list[AttemptView]]:
-        run = await find_run(db, run_ref)
-        return run, await list_attempts(db, run.run_id, run.state)
-
-    return query
-
-
 @click.command()
 @click.argument("job", required=False)
 @_json_option
@@ -58,7 +49,7 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
     """Every job's last good checkpoint and state (or one job's runs)."""
     runs = read(location_of(ctx), lambda db: list_runs(db, job))
     if as_json:
-        print_json([run.as_dict() for run in runs])
+        print_json(status_document(runs))
         return
     if not runs:
         click.echo(f"no runs of {job} in this ledger" if job else "no runs yet")
@@ -95,9 +86,11 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
 def history(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     """The attempt history of one run."""
 
-    run, attempts = read(location_of(ctx), _run_and_attempts(run_ref))
+    run, attempts = read(
+        location_of(ctx), lambda db: read_run_and_attempts(db, run_ref)
+    )
     if as_json:
-        print_json({"run": run.as_dict(), "attempts": [a.as_dict() for a in attempts]})
+        print_json(history_document(run, attempts))
         return
     if run.consumer is not None:
         title = (
@@ -139,8 +132,9 @@ def history(ctx: click.Context, run_ref: str, as_json: bool) -> None:
 
     # Every human decision, with who and why.
     for action in run.actions:
+        target = f" of record {action['target'][:8]}" if action.get("target") else ""
         click.echo(
-            f"{_time(action['at'])}: {action['action']} by {action['by']}: "
+            f"{_time(action['at'])}: {action['action']}{target} by {action['by']}: "
             f"{action['reason']}"
         )
 
@@ -180,20 +174,13 @@ def _resumed(resume: dict[str, Any] | None, *, consumer: bool = False) -> str:
 def explain_cmd(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     """One sentence: what failed, where it resumes, and the command to run."""
 
-    run, attempts = read(location_of(ctx), _run_and_attempts(run_ref))
-    sentence = explain(run, attempts)
+    run, attempts = read(
+        location_of(ctx), lambda db: read_run_and_attempts(db, run_ref)
+    )
     if as_json:
-        print_json(
-            {
-                "run_id": run.run_id,
-                "state": run.state,
-                "explanation": sentence,
-                "resume_point": run.resume_point,
-                "last_checkpoint": run.last_checkpoint,
-            }
-        )
+        print_json(explain_document(run, attempts))
         return
-    click.echo(sentence)
+    click.echo(explain(run, attempts))
 
 
 @click.group()
@@ -217,6 +204,13 @@ def quarantine() -> None:
     metavar="RUN",
     help="Only this run's records (an id or a unique prefix).",
 )
+@click.option(
+    "--state",
+    default="pending",
+    show_default=True,
+    type=click.Choice(["pending", "discarded", "promoted", "all"]),
+    help="Only records in this state: waiting for a decision, or decided.",
+)
 @_json_option
 @click.pass_context
 def quarantine_list(
@@ -224,30 +218,31 @@ def quarantine_list(
     job: str | None,
     limit: int,
     run_ref: str | None,
+    state: str,
     as_json: bool,
 ) -> None:
-    """Quarantined records, oldest first, with their reasons."""
+    """Quarantined records, oldest first, with their reasons and states."""
+    only = None if state == "all" else state
 
-    async def query(db: ReadDatabase) -> tuple[int, list[QuarantineView]]:
-        run_id = (await find_run(db, run_ref)).run_id if run_ref else None
-        return await list_quarantine(db, job, limit, run_id)
-
-    total, records = read(location_of(ctx), query)
+    total, records = read(
+        location_of(ctx), lambda db: read_quarantine(db, job, limit, run_ref, only)
+    )
     if as_json:
-        print_json({"total": total, "records": [r.as_dict() for r in records]})
+        print_json(quarantine_document(total, records))
         return
     if not total:
-        click.echo("nothing in quarantine")
+        click.echo("nothing in quarantine" if only is None else f"no {only} records")
         return
-    table = Table(title=f"quarantine: {total:,} records (showing {len(records)})")
+    shown = f"{total:,} {only or ''} records (showing {len(records)})"
+    table = Table(title=f"quarantine: {' '.join(shown.split())}")
     for column in ("id", "job", "run", "step", "batch", "record", "reason",
-                   "detail", "attempt"):  # fmt: skip
+                   "detail", "attempt", "state"):  # fmt: skip
         table.add_column(column)
     for record in records:
         table.add_row(
             record.quarantine_id[:8], record.job, _short(record.run_id),
             record.step, str(record.batch), f"{record.record:,}", record.reason,
-            record.detail[:60], str(record.attempt),
+            record.detail[:60], str(record.attempt), record.state,
         )  # fmt: skip
     console().print(table)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
 
 import click
 from rich.console import Console
@@ -25,11 +25,13 @@ from ledger.config import LedgerLocation
 from ledger.errors import InputError, LedgerError
 from ledger.job import Job
 from ledger.loader import load_job
+from ledger.resuming import check_input, keep_apart, prepare_resume
 
 if TYPE_CHECKING:
+    from ledger.operations import ControlResult
     from ledger.runtime import RunSummary
 
-__all__ = ["param_option", "parse_params", "resume", "run"]
+__all__ = ["execute", "param_option", "parse_params", "prepare_resume", "resume", "run"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +55,11 @@ class _RichProgress:
             total = self.progress.tasks[task].total
             self.progress.update(task, completed=total)
 
+    def paused(self, by: str, reason: str) -> None:
+        self.progress.console.print(
+            f"paused by {by} ({reason}); waiting for `ledger resume`"
+        )
+
 
 param_option = click.option(
     "--param",
@@ -75,50 +82,7 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
     return params
 
 
-def _check_input(job: Job, path: Path) -> None:
-    """The job's own input check; whatever it raises is bad input."""
-    try:
-        job.check_input(path)
-    except LedgerError:
-        raise
-    except Exception as error:
-        raise InputError(
-            str(path),
-            f"cannot be read as {job.name}'s input ({type(error).__name__}: {error})",
-            "pass the file this job expects",
-        ) from error
-
-
-def _keep_apart(job: Job, params: dict[str, Any], location: LedgerLocation) -> None:
-    """Refuses a job output that is, or would clobber, the ledger's files."""
-    for output in job.outputs(params):
-        text = str(output)
-        if not text or text in (".", ":memory:") or "mode=memory" in text:
-            raise InputError(
-                text or "''",
-                "is not a file the output can live in",
-                "name an output file: an in-memory output is lost at exit",
-            )
-        if location.sqlite_path is None:
-            continue
-
-        # The ledger is its file plus SQLite's -wal, -shm and -journal
-        # files beside it; the same file may also be reached by a link.
-        ledger_file = location.sqlite_path.resolve()
-        resolved = output.resolve()
-        same = resolved.exists() and ledger_file.exists()
-        if str(resolved).startswith(str(ledger_file)) or (
-            same and os.path.samefile(resolved, ledger_file)
-        ):
-            raise InputError(
-                str(output),
-                "is the ledger's own file",
-                "write the job's output somewhere else: checkpoints must live "
-                "apart from the output they protect",
-            )
-
-
-def _execute(
+def execute(
     location: LedgerLocation,
     job: Job,
     job_ref: str,
@@ -128,7 +92,9 @@ def _execute(
     new_run: bool,
     show_progress: bool,
     as_json: bool,
+    run_id: str | None = None,
 ) -> None:
+    """Runs the job (or resumes `run_id`), with progress and a summary."""
     # The write side (and its database drivers) loads only when needed, so
     # that read commands start fast.
     from ledger.runtime import describe_input, run_job
@@ -136,10 +102,11 @@ def _execute(
 
     # Check everything that can be checked before anything is recorded.
     source = describe_input(input_path)
-    _check_input(job, input_path)
-    _keep_apart(job, params, location)
+    check_input(job, input_path)
+    keep_apart(job, params, location)
 
     console = Console(stderr=True)
+    target = UUID(run_id) if run_id else None
     with opened(location) as ledger:
         if show_progress and console.is_terminal and not as_json:
             columns = (
@@ -151,11 +118,14 @@ def _execute(
             )
             with Progress(*columns, console=console) as bar:
                 summary = run_job(
-                    ledger, job, job_ref, source, params,
-                    new_run=new_run, progress=_RichProgress(bar),
+                    ledger, job, job_ref, source, params, new_run=new_run,
+                    progress=_RichProgress(bar), run_id=target,
                 )  # fmt: skip
         else:
-            summary = run_job(ledger, job, job_ref, source, params, new_run=new_run)
+            summary = run_job(
+                ledger, job, job_ref, source, params, new_run=new_run,
+                run_id=target,
+            )  # fmt: skip
 
     # Keep the read tables current, so the next `ledger status` answers at
     # once instead of projecting this run's events first.
@@ -282,7 +252,7 @@ def run(
     # from any directory.
     if Path(job_ref).is_file():
         job_ref = str(Path(job_ref).resolve())
-    _execute(
+    execute(
         location_of(ctx), job, job_ref, path, params,
         new_run=new_run, show_progress=not no_progress, as_json=as_json,
     )  # fmt: skip
@@ -296,17 +266,34 @@ def run(
     default=None,
     help="Accept a larger share of rejected records per batch.",
 )
+@click.option(
+    "--reason",
+    default="",
+    help="Why, when this lifts an operator's pause (recorded with the run).",
+)
+@click.option(
+    "--as",
+    "as_name",
+    default=None,
+    metavar="NAME",
+    help="Who decides (default: LEDGER_OPERATOR, else user@host).",
+)
 @_output_options
 @click.pass_context
 def resume(
     ctx: click.Context,
     run_ref: str,
     max_quarantine_ratio: float | None,
+    reason: str,
+    as_name: str | None,
     no_progress: bool,
     as_json: bool,
 ) -> None:
-    """Resume a run from its resume point, with its own job, input and params."""
-    from ledger.runtime import describe_input
+    """Resume a run from its resume point, with its own job, input and params.
+
+    A paused run's pause is lifted first: a worker waiting on it goes on by
+    itself; otherwise this command starts the next attempt.
+    """
     from projections.access import read
     from projections.views import find_run
 
@@ -315,38 +302,42 @@ def resume(
     if view.consumer is not None:
         from projections.explain import consume_command
 
+        if view.paused is not None:
+            result = _lift_pause(ctx, view.run_id, reason, as_name)
+            then = "" if result.worker else f"; start it: `{consume_command(view)}`"
+            _say(result.message + then, result.as_dict(), as_json=as_json)
+            return
         raise LedgerError(
             f"run {view.run_id} is a Kafka consumer's run; it resumes when its "
             f"member starts again: `{consume_command(view)}`"
         )
     if view.state == "completed":
         raise LedgerError(f"run {view.run_id} is already completed; nothing to resume")
-    job = load_job(view.job_ref)
-    if job.version != view.job_version:
-        raise LedgerError(
-            f"run {view.run_id} was made by {view.job} {view.job_version}, but "
-            f"{view.job_ref} is now {job.version}; restore that version of the "
-            "job to resume, or start a new run with `ledger run`"
-        )
-    input_path = Path(view.input["path"])
-    if not input_path.is_file():
-        raise InputError(
-            str(input_path),
-            f"run {view.run_id[:8]}'s input is gone",
-            "put the same file back at that path to resume, or start a new run "
-            "on the new path with `ledger run`",
-        )
-    source = describe_input(input_path)
-    if source.sha256 != view.input["sha256"]:
-        raise InputError(
-            str(input_path),
-            "changed since the run started (sha256 differs)",
-            "restore the original file, or start a new run with `ledger run`",
-        )
-    params = dict(view.params)
-    if max_quarantine_ratio is not None:
-        params["max_quarantine_ratio"] = max_quarantine_ratio
-    _execute(
-        location, job, view.job_ref, input_path, params,
-        new_run=False, show_progress=not no_progress, as_json=as_json,
+    job, input_path, params = prepare_resume(view, max_quarantine_ratio)
+
+    # A paused run: lift the pause; a waiting worker goes on by itself.
+    if view.paused is not None:
+        result = _lift_pause(ctx, view.run_id, reason, as_name)
+        if result.worker is not None:
+            _say(result.message, result.as_dict(), as_json=as_json)
+            return
+    execute(
+        location, job, view.job_ref, input_path, params, new_run=False,
+        show_progress=not no_progress, as_json=as_json, run_id=view.run_id,
     )  # fmt: skip
+
+
+def _lift_pause(
+    ctx: click.Context, run_id: str, reason: str, as_name: str | None
+) -> ControlResult:
+    from ledger.controls import operator
+    from ledger.operations import lift_pause_of
+
+    return lift_pause_of(location_of(ctx), run_id, by=operator(as_name), reason=reason)
+
+
+def _say(message: str, document: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print_json(document)
+    else:
+        click.echo(message)

@@ -20,7 +20,16 @@ from ledger.errors import LedgerError
 if TYPE_CHECKING:
     from ledger.run import Run
 
-__all__ = ["ControlRefused", "RunAbandoned", "abandon", "operator"]
+__all__ = [
+    "ControlRefused",
+    "PauseLifted",
+    "PauseRequested",
+    "RunAbandoned",
+    "abandon",
+    "lift_pause",
+    "operator",
+    "pause",
+]
 
 
 class ControlRefused(LedgerError):
@@ -67,6 +76,11 @@ def abandon(run: Run, by: str, reason: str) -> None:
         )
     if run.status == "completed":
         raise ControlRefused(f"run {run.id} is completed; there is nothing to abandon")
+    if run.paused is not None:
+        raise ControlRefused(
+            f"run {run.id} is paused by {run.paused['by']}; lift the pause with "
+            f"`ledger resume {str(run.id)[:8]}` first, or leave it paused"
+        )
     if run.status == "abandoned":
         raise ControlRefused(
             f"run {run.id} is already abandoned; `ledger resume {str(run.id)[:8]}` "
@@ -78,4 +92,78 @@ def abandon(run: Run, by: str, reason: str) -> None:
         reason=reason.strip()[:500],
         attempt=run.attempt if run.attempt_open else None,
         worker=run.worker if run.attempt_open else None,
+    )
+
+
+class PauseRequested(Aggregate.Event):
+    """An operator asked the run to pause.
+
+    A worker holding the run stops at its next batch boundary, records
+    `WorkerPaused` and waits; a run with no worker is paused at once.
+    `state` is the run's status from this event on.
+    """
+
+    by: str
+    reason: str
+    attempt: int | None
+    state: str
+
+    def apply(self, run: Run) -> None:
+        run.paused = {"by": self.by, "reason": self.reason}
+        run.status_before_pause = run.status
+        run.status = self.state
+
+
+class PauseLifted(Aggregate.Event):
+    """An operator lifted the pause: a waiting worker goes on, or the next
+    worker to claim the run does. `state` is the run's status again."""
+
+    by: str
+    reason: str
+    attempt: int | None
+    state: str
+
+    def apply(self, run: Run) -> None:
+        run.paused = None
+        run.status = self.state
+
+
+def pause(run: Run, by: str, reason: str) -> None:
+    """Asks the run to pause at its next batch boundary."""
+    short = str(run.id)[:8]
+    if not reason.strip():
+        raise ControlRefused(
+            "pausing a run needs a reason: pass --reason TEXT saying why"
+        )
+    if run.status in ("completed", "abandoned"):
+        raise ControlRefused(f"run {run.id} is {run.status}; there is no work to pause")
+    if run.paused is not None:
+        raise ControlRefused(
+            f"run {run.id} is already paused by {run.paused['by']} "
+            f"({run.paused['reason']}); `ledger resume {short}` lifts the pause"
+        )
+    run.trigger_event(
+        PauseRequested,
+        by=by,
+        reason=reason.strip()[:500],
+        attempt=run.attempt if run.attempt_open else None,
+        state=run.status if run.attempt_open else "paused",
+    )
+
+
+def lift_pause(run: Run, by: str, reason: str) -> None:
+    """Lifts an operator's pause; refused when the run is not paused."""
+    if run.paused is None:
+        raise ControlRefused(f"run {run.id} is not paused; there is no pause to lift")
+    if run.attempt_open:
+        state = "running"
+    else:
+        before = run.status_before_pause
+        state = before if before not in ("", "paused") else "started"
+    run.trigger_event(
+        PauseLifted,
+        by=by,
+        reason=reason.strip()[:500] or "pause lifted",
+        attempt=run.attempt if run.attempt_open else None,
+        state=state,
     )

@@ -15,7 +15,9 @@ __all__ = [
     "LedgerUnavailable",
     "OutputLost",
     "RunHeld",
+    "RunPaused",
     "Superseded",
+    "UnknownRecord",
     "UnknownRun",
 ]
 
@@ -80,6 +82,18 @@ class UnknownRun(LedgerError):
         self.run_ref = run_ref
 
 
+class UnknownRecord(LedgerError):
+    """No quarantined record matches the id or prefix the user gave."""
+
+    def __init__(self, quarantine_ref: str, detail: str = "") -> None:
+        hint = detail or (
+            "list them with `ledger quarantine list --state all` and pass an id "
+            "or at least 4 of its first characters"
+        )
+        super().__init__(f"no quarantined record matches '{quarantine_ref}': {hint}")
+        self.quarantine_ref = quarantine_ref
+
+
 class RunHeld(LedgerError):
     """Another live worker holds the run this worker wanted to resume."""
 
@@ -90,6 +104,19 @@ class RunHeld(LedgerError):
         )
         self.run_id = run_id
         self.holder = holder
+
+
+class RunPaused(LedgerError):
+    """An operator paused the run; no worker may start it until lifted."""
+
+    def __init__(self, run_id: str, by: str, reason: str) -> None:
+        super().__init__(
+            f"run {run_id} is paused by {by} ({reason}); "
+            f"`ledger resume {run_id[:8]}` lifts the pause and goes on from "
+            "its resume point"
+        )
+        self.run_id = run_id
+        self.by = by
 
 
 class Superseded(LedgerError):

@@ -16,6 +16,15 @@ The contract a step must keep:
 - `write` must be replay-safe: a batch whose checkpoint did not commit is
   written again on resume, so writing the same outputs twice must leave
   them once (a deterministic key per record and an upsert).
+- A later step reads what the step before it wrote: its record `number`
+  is the earlier step's number, and its `data` is the earlier step's
+  `handle` output as written. A promoted record (`ledger quarantine
+  promote`) is handed from step to step in memory on that contract, as
+  `Record(number, position=number, data=output)`.
+- A `Reject`'s payload should be the record's data as `handle` received
+  it: when a promotion finds the record no longer in its step's source,
+  that payload stands in for it, if it was kept whole (short enough, and
+  the job names no `sensitive_fields`).
 """
 
 from __future__ import annotations

@@ -181,6 +181,10 @@ class MessageQuarantined(Aggregate.Event):
         by_reason = run.quarantined_by_reason
         by_reason[self.reason] = by_reason.get(self.reason, 0) + 1
 
+        # The same message quarantined again keeps its id (see
+        # message_quarantine_id); a decision already taken about it stands.
+        run.quarantine_states.setdefault(self.quarantine_id, "pending")
+
 
 class MessagesCheckpointed(Aggregate.Event):
     """A handled and written batch; its positions committed with it.

@@ -95,11 +95,26 @@ class Run(Aggregate):
         self.quarantined = 0
         self.quarantined_by_reason: dict[str, int] = {}
         self.totals: dict[str, int] = {}
+        self.batch_log: dict[str, list[dict[str, Any]]] = {}
+
+        # Each quarantined record's state (see ledger.quarantine): pending,
+        # discarded or promoted, and who decided it and why.
+        self.quarantine_states: dict[str, str] = {}
+        self.quarantine_decisions: dict[str, dict[str, str]] = {}
+
+        # How many times each quarantined record was promoted, failed
+        # promotions included: the next promotion's number is one more.
+        self.quarantine_promotions: dict[str, int] = {}
 
         # A consumer run's state (see ledger.messages): the next offset to
         # read of each partition it owns, the batch it is handling, and the
         # offsets of batches a crash interrupted.
         self.abandoned: dict[str, Any] | None = None
+
+        # An operator's pause (see ledger.controls): who asked and why, and
+        # the status the run goes back to when it is lifted.
+        self.paused: dict[str, Any] | None = None
+        self.status_before_pause = ""
         self.partitions: dict[str, int] = {}
         self.open_batch: dict[str, Any] | None = None
         self.crashed_ranges: list[dict[str, Any]] = []
@@ -189,6 +204,66 @@ class Run(Aggregate):
             detected_by=detected_by,
         )
 
+    # The lease: a worker that stops renewing it has lost the run.
+
+    class LeaseRenewed(Aggregate.Event):
+        """A heartbeat: the worker of `attempt` is alive until `lease_until`.
+
+        Written only when no batch renewed the lease lately (a slow batch,
+        a paused worker), so a busy worker adds no events of its own.
+        """
+
+        attempt: int
+        lease_until: str
+
+        def apply(self, run: Run) -> None:
+            run.lease_until = self.lease_until
+
+    def renew_lease(self, attempt: int, lease_until: str) -> None:
+        self.require_open_attempt(attempt)
+        self.trigger_event(self.LeaseRenewed, attempt=attempt, lease_until=lease_until)
+
+    class WorkerPaused(Aggregate.Event):
+        """The worker stopped at a batch boundary, as an operator asked, and
+        waits, holding its lease, until the pause is lifted."""
+
+        attempt: int
+        resume: dict[str, Any] | None
+
+        def apply(self, run: Run) -> None:
+            run.status = "paused"
+
+    def acknowledge_pause(self, attempt: int) -> None:
+        self.require_open_attempt(attempt)
+        point = self.resume_point()
+        self.trigger_event(
+            self.WorkerPaused,
+            attempt=attempt,
+            resume=point.as_dict() if point else None,
+        )
+
+    class AppendsRefused(Aggregate.Event):
+        """A worker whose attempt had ended tried to record more.
+
+        Its events were refused, never applied; this fact is what is left
+        of them, so that history shows the late worker. The fencing token
+        is the attempt number: only the open attempt may record work.
+        """
+
+        attempt: int
+        refused: list[str]
+        open_attempt: int | None
+        why: str
+
+    def refuse_appends(self, attempt: int, refused: list[str], why: str) -> None:
+        self.trigger_event(
+            self.AppendsRefused,
+            attempt=attempt,
+            refused=refused,
+            open_attempt=self.attempt if self.attempt_open else None,
+            why=why,
+        )
+
     # Steps and batches.
 
     class StepStarted(Aggregate.Event):
@@ -252,6 +327,10 @@ class Run(Aggregate):
             by_reason = run.quarantined_by_reason
             by_reason[self.reason] = by_reason.get(self.reason, 0) + 1
 
+            # A replayed batch quarantines the record again under the same
+            # id; a decision already taken about it stands.
+            run.quarantine_states.setdefault(self.quarantine_id, "pending")
+
     def quarantine(
         self,
         attempt: int,
@@ -301,6 +380,19 @@ class Run(Aggregate):
             )
             run.batches_done[self.step] = self.batch + 1
             run.lease_until = self.lease_until
+
+            # Every batch's own tallies, so that a rerun from a named point
+            # can keep exactly the work before it (see ledger.rerun).
+            run.batch_log.setdefault(self.step, []).append(
+                {
+                    "checkpoint": run.checkpoints[self.step],
+                    "position_kind": self.position_kind,
+                    "records": self.records,
+                    "written": self.written,
+                    "quarantined": self.quarantined,
+                    "counters": dict(self.counters),
+                }
+            )
 
             # Running totals, for the summary and for explanations.
             tallies = {

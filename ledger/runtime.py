@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 import structlog
 
 from ledger.attempt import Attempt, NoProgress, ProgressSink, save_run
-from ledger.errors import InputError, LedgerError, RunHeld
+from ledger.errors import InputError, LedgerError, RunHeld, RunPaused
 from ledger.input_runs import InputRuns, input_runs_id
 from ledger.inputs import (
     RUNTIME_PARAMETERS,
@@ -30,6 +30,7 @@ from ledger.inputs import (
     resolve_params,
 )
 from ledger.job import InputVersion, Job, RunContext, Step
+from ledger.lease import Heartbeat
 from ledger.run import ResumePoint, Run
 from ledger.store import AggregateNotFoundError, Ledger
 from ledger.worker import current_worker, lease_until, liveness
@@ -75,14 +76,21 @@ def run_job(
     *,
     new_run: bool = False,
     progress: ProgressSink | None = None,
+    run_id: UUID | None = None,
 ) -> RunSummary:
-    """Runs (or resumes) the job on the input; returns what happened."""
+    """Runs (or resumes) the job on the input; returns what happened.
+
+    `run_id` names the run to resume when it is not the input version's
+    latest (`ledger resume` and `ledger rerun` of an older run).
+    """
     progress = progress or NoProgress()
     started = time.monotonic()
     key = input_key(job, source, params)
 
     # Find the run for this input version; a completed one is not redone.
     run, index = find_run(ledger, key, new_run=new_run)
+    if run_id is not None and index is not None and str(run_id) in index.run_ids:
+        run = ledger.repository.get(run_id)
     if run is not None and run.is_completed:
         return _summary(run, started, already_completed=True)
 
@@ -114,7 +122,8 @@ def run_job(
         worker = Attempt(
             ledger, run, attempt, steps, progress, events, job.redact, params
         )
-        worker.work()
+        with Heartbeat(ledger, run.id, attempt):
+            worker.work()
         completed = True
     finally:
         _on_sigterm(previous)
@@ -187,6 +196,10 @@ def claim_run(
 ) -> tuple[int, ResumePoint | None, int]:
     """Opens a new attempt; closes a dead worker's attempt first."""
     me = current_worker()
+
+    # An operator's pause holds the run until it is lifted.
+    if run.paused is not None:
+        raise RunPaused(str(run.id), run.paused["by"], run.paused["reason"])
 
     # A previous attempt that never recorded its outcome: is its worker
     # still there?

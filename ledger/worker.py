@@ -2,10 +2,12 @@
 
 A worker is identified by host, boot id, pid and the pid's start time, so
 that a reused pid or a rebooted host is never mistaken for the old worker.
-On the same host that check is exact. For a worker on another host the
-ledger cannot look at its process, so it trusts the lease: the worker's
-claim runs until `lease_until`, renewed with every batch it starts or
-checkpoints.
+On the same host that check is exact and immediate. Anywhere, a worker
+whose lease expired has lost the run: a live worker renews its lease with
+every batch and, between batches, with a heartbeat (`ledger.lease`), so an
+expired lease means a lost node, a frozen process or a partition, and the
+run may be taken over. Its late appends are then refused (the attempt
+number is the fencing token).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def current_worker() -> dict[str, Any]:
 class Liveness:
     alive: bool
     evidence: str
+    lease_expired: bool = False
 
 
 def describe(worker: dict[str, Any]) -> str:
@@ -78,25 +81,37 @@ def describe(worker: dict[str, Any]) -> str:
 
 
 def liveness(worker: dict[str, Any], lease: str) -> Liveness:
-    """Whether the worker that holds a claim is still alive, and why."""
+    """Whether the worker that holds a claim is still alive, and why.
+
+    On its own host a dead process is found at once, with the evidence.
+    Past that, and on any other host, the lease decides: a worker alive
+    but silent past its lease (frozen, cut off) has lost the run.
+    """
     me = current_worker()
 
-    # Another host: only the lease can tell.
-    if worker.get("host") != me["host"]:
-        expired = datetime.fromisoformat(lease) <= datetime.now(UTC) if lease else True
-        if expired:
-            return Liveness(False, f"lease of {describe(worker)} expired at {lease}")
-        return Liveness(True, f"{describe(worker)} holds a lease until {lease}")
-
     # Same host: the process table is exact.
-    if worker.get("boot_id") and worker.get("boot_id") != me["boot_id"]:
-        return Liveness(False, f"host {me['host']} rebooted since {describe(worker)}")
-    started = _process_start(int(worker.get("pid", 0)))
-    if started is None:
-        return Liveness(False, f"{describe(worker)} is gone")
-    state, start_time = started
-    if state in ("Z", "X") or start_time != worker.get("pid_started"):
+    if worker.get("host") == me["host"]:
+        if worker.get("boot_id") and worker.get("boot_id") != me["boot_id"]:
+            return Liveness(
+                False, f"host {me['host']} rebooted since {describe(worker)}"
+            )
+        started = _process_start(int(worker.get("pid", 0)))
+        if started is None:
+            return Liveness(False, f"{describe(worker)} is gone")
+        state, start_time = started
+        if state in ("Z", "X") or start_time != worker.get("pid_started"):
+            return Liveness(
+                False, f"{describe(worker)} is gone: its pid was reused or is defunct"
+            )
+
+    # Anywhere: a worker that stopped renewing its lease has lost the run.
+    expired = datetime.fromisoformat(lease) <= datetime.now(UTC) if lease else True
+    if expired:
         return Liveness(
-            False, f"{describe(worker)} is gone: its pid was reused or is defunct"
+            False,
+            f"lease of {describe(worker)} expired at {lease[:19]}Z",
+            lease_expired=True,
         )
-    return Liveness(True, f"{describe(worker)} is alive")
+    if worker.get("host") == me["host"]:
+        return Liveness(True, f"{describe(worker)} is alive")
+    return Liveness(True, f"{describe(worker)} holds a lease until {lease[:19]}Z")

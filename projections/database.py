@@ -39,9 +39,16 @@ class ReadDatabase(Protocol):
 
     async def has_table(self, name: str) -> bool: ...
 
+    async def columns(self, table: str) -> set[str]: ...
+
     async def max_event_id(self) -> int: ...
 
     async def events_after(self, last_id: int, limit: int) -> list[StoredRow]: ...
+
+    async def count_events_after(self, last_id: int) -> int:
+        """How many events the log holds after `last_id` (ids can have gaps,
+        so this is a count, not a difference of ids)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -108,6 +115,10 @@ class SQLiteDatabase:
         ).fetchone()
         return row is not None
 
+    async def columns(self, table: str) -> set[str]:
+        rows = self.conn.execute("SELECT name FROM pragma_table_info(?)", (table,))
+        return {str(row[0]) for row in rows}
+
     def _has_events_table(self) -> bool:
         row = self.conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
@@ -132,6 +143,14 @@ class SQLiteDatabase:
         # The library stores ids as bare hex on SQLite; slicing gives the
         # dashed form without building a UUID per event.
         return [(r[0], _dashed(r[1]), r[2], r[3]) for r in rows]
+
+    async def count_events_after(self, last_id: int) -> int:
+        if not self._has_events_table():
+            return 0
+        row = self.conn.execute(
+            f"SELECT COUNT(*) FROM {self.events_table} WHERE rowid > ?", (last_id,)
+        )
+        return int(row.fetchone()[0])
 
     async def close(self) -> None:
         self.conn.close()
@@ -175,6 +194,14 @@ class PostgresDatabase:
         found = await self.conn.fetchval("SELECT to_regclass($1)", name)
         return found is not None
 
+    async def columns(self, table: str) -> set[str]:
+        rows = await self.conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) "
+            "AND attnum > 0 AND NOT attisdropped",
+            table,
+        )
+        return {str(row[0]) for row in rows}
+
     async def max_event_id(self) -> int:
         value = await self.conn.fetchval(
             f"SELECT MAX(notification_id) FROM {self.events_table}"
@@ -190,6 +217,13 @@ class PostgresDatabase:
             limit,
         )
         return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    async def count_events_after(self, last_id: int) -> int:
+        value = await self.conn.fetchval(
+            f"SELECT COUNT(*) FROM {self.events_table} WHERE notification_id > $1",
+            last_id,
+        )
+        return int(value or 0)
 
     async def close(self) -> None:
         await self.conn.close()

@@ -66,22 +66,32 @@ def _done(run: RunView) -> str:
         parts[0] += f" ({', '.join(completed)})"
     point = run.resume_point
     if point is not None and point["batch"]:
-        parts.append(f"{point['batch']} batches of {point['step']} checkpointed")
+        batches = "1 batch" if point["batch"] == 1 else f"{point['batch']} batches"
+        parts.append(f"{batches} of {point['step']} checkpointed")
     return " and ".join(parts)
 
 
 def _quarantine(run: RunView) -> str:
+    # Quarantined means still waiting for a decision; discarded records
+    # are settled, and said apart.
     if not run.quarantined:
+        if run.discarded:
+            return f"no records left in quarantine ({run.discarded:,} discarded)"
         return "nothing quarantined"
     reasons = ", ".join(f"{n:,} {r}" for r, n in run.quarantined_by_reason.items())
-    return f"{run.quarantined:,} records quarantined ({reasons})"
+    discarded = f" and {run.discarded:,} discarded" if run.discarded else ""
+    return f"{_records(run.quarantined)} quarantined ({reasons}){discarded}"
+
+
+def _records(count: int) -> str:
+    return "1 record" if count == 1 else f"{count:,} records"
 
 
 def _written(run: RunView) -> str:
     if not run.steps:
         return ""
     last = run.steps[-1]
-    return f", {last.written:,} records written by {last.step}"
+    return f", {_records(last.written)} written by {last.step}"
 
 
 def describe_partitions(consumer: dict[str, Any]) -> str:
@@ -114,6 +124,57 @@ def consume_command(run: RunView) -> str:
     return f"{command} --member {shlex.quote(run.consumer['member'])}"
 
 
+def _quarantine_decision(run: RunView) -> str:
+    """The one decision pending quarantined records wait for."""
+    if not run.quarantined:
+        return ""
+    short = short_id(run.run_id)
+    one = run.quarantined == 1
+    waiting = (
+        "its quarantined record waits"
+        if one
+        else f"the {run.quarantined:,} quarantined records wait"
+    )
+    them = "it" if one else "them"
+    return (
+        f"; {waiting} for one decision: once the cause is fixed, `ledger "
+        f"quarantine promote --all --run {short}` puts {them} back through the "
+        f"job, or `ledger quarantine discard --all --run {short} --reason TEXT` "
+        f"sets {them} aside (`ledger quarantine list --run {short}` shows {them})"
+    )
+
+
+def _last_abandon(run: RunView) -> dict[str, Any]:
+    decisions = [a for a in run.actions if a["action"] == "abandon"]
+    return decisions[-1] if decisions else {}
+
+
+def _pause_note(run: RunView) -> str:
+    """A pause asked of a worker that has not reached a boundary yet."""
+    if run.paused is None:
+        return ""
+    return (
+        f"; a pause asked by {run.paused['by']} ({_clip(run.paused['reason'])}) "
+        "takes effect at its next batch boundary"
+    )
+
+
+def _explain_paused(run: RunView, name: str, done: str, resume: str) -> str:
+    decision = run.paused or {}
+    short = short_id(run.run_id)
+    by = f"{decision.get('by', 'an operator')} ({_clip(decision.get('reason'))})"
+    if run.worker_evidence and "alive" in run.worker_evidence:
+        return (
+            f"{name} is paused by {by} on attempt {run.attempts}: its worker "
+            f"({run.worker_evidence}) waits at {resume}; {done}; `ledger resume "
+            f"{short}` lets it go on."
+        )
+    return (
+        f"{name} is paused by {by}; no worker is waiting; {done}; `ledger "
+        f"resume {short}` lifts the pause and goes on from {resume}."
+    )
+
+
 def _explain_consumer(run: RunView, attempts: list[AttemptView]) -> str:
     consumer = run.consumer
     assert consumer is not None
@@ -124,7 +185,7 @@ def _explain_consumer(run: RunView, attempts: list[AttemptView]) -> str:
     handled = run.steps[0].records if run.steps else 0
     done = f"{handled:,} messages handled in {run.batches_done:,} batches"
     where = f"partitions: {describe_partitions(consumer)}"
-    quarantined = _quarantine(run).replace("records", "messages")
+    quarantined = _quarantine(run).replace("record", "message")
     superseded = ""
     if consumer["superseded"]:
         superseded = (
@@ -140,11 +201,15 @@ def _explain_consumer(run: RunView, attempts: list[AttemptView]) -> str:
             f"{where}; {quarantined}{superseded}; nothing to recover: {command} "
             "goes on from these positions."
         )
+    if run.state == "paused":
+        return _explain_paused(
+            run, name, f"{done}; {quarantined}{superseded}", f"{where}"
+        ).replace("lifts the pause and goes on", f"lifts the pause, then {command}")
     if run.state == "running":
         return (
             f"{name} is consuming on attempt {run.attempts} "
             f"({run.worker_evidence}); {done}; {where}; {quarantined}"
-            f"{superseded}; nothing to do while it runs."
+            f"{superseded}{_pause_note(run)}; nothing to do while it runs."
         )
     if run.state == "failed" and run.failure is not None:
         failure = run.failure
@@ -155,7 +220,7 @@ def _explain_consumer(run: RunView, attempts: list[AttemptView]) -> str:
             f"with {command}."
         )
     if run.state == "abandoned":
-        decision = run.actions[-1] if run.actions else {}
+        decision = _last_abandon(run)
         return (
             f"{name} was abandoned on attempt {run.attempts} by "
             f"{decision.get('by', 'an operator')} ({_clip(decision.get('reason'))}); "
@@ -184,15 +249,10 @@ def explain(run: RunView, attempts: list[AttemptView]) -> str:
     last = attempts[-1] if attempts else None
 
     if run.state == "completed":
-        review = (
-            f"; review the quarantine with `ledger quarantine list {run.job}`"
-            if run.quarantined
-            else ""
-        )
         return (
             f"{name} completed on attempt {run.attempts}: all {len(run.steps)} "
             f"steps done{_written(run)}, {_quarantine(run)}; nothing to "
-            f"recover{review}."
+            f"recover{_quarantine_decision(run)}."
         )
 
     if run.state == "failed" and run.failure is not None:
@@ -230,12 +290,41 @@ def explain(run: RunView, attempts: list[AttemptView]) -> str:
         )
 
     if run.state == "abandoned":
-        decision = run.actions[-1] if run.actions else {}
+        decision = _last_abandon(run)
         return (
             f"{name} was abandoned on attempt {run.attempts} by "
             f"{decision.get('by', 'an operator')} ({_clip(decision.get('reason'))}); "
             f"last good checkpoint: {describe_checkpoint(run.last_checkpoint)}; "
             f"{_done(run)}, {_quarantine(run)}; a new worker resumes it at "
+            f"{resume}: recover with {recover}."
+        )
+
+    if run.state == "paused":
+        return _explain_paused(
+            run,
+            name,
+            f"last good checkpoint: {describe_checkpoint(run.last_checkpoint)}; "
+            f"{_done(run)}, {_quarantine(run)}",
+            resume,
+        )
+
+    if run.state == "rewound":
+        decision = ([a for a in run.actions if a["action"] == "rerun"] or [{}])[-1]
+        return (
+            f"{name} was rewound by {decision.get('by', 'an operator')} "
+            f"({_clip(decision.get('reason'))}); last good checkpoint: "
+            f"{describe_checkpoint(run.last_checkpoint)}; {_done(run)}, "
+            f"{_quarantine(run)}; the next attempt redoes the work from {resume}: "
+            f"start it with {recover}."
+        )
+
+    if run.state == "abandoned-by-worker":
+        return (
+            f"{name} was abandoned by its worker on attempt {run.attempts} "
+            f"({run.worker_evidence}: it stopped renewing its lease, a lost node "
+            "or a frozen process); last good checkpoint: "
+            f"{describe_checkpoint(run.last_checkpoint)}; {_done(run)}, "
+            f"{_quarantine(run)}; another worker may take it over and resume at "
             f"{resume}: recover with {recover}."
         )
 
@@ -259,7 +348,7 @@ def explain(run: RunView, attempts: list[AttemptView]) -> str:
             f"{name} is running attempt {run.attempts} ({run.worker_evidence}) in "
             f"{where}; last good checkpoint: "
             f"{describe_checkpoint(run.last_checkpoint)}; {_done(run)}, "
-            f"{_quarantine(run)}; nothing to do while it runs."
+            f"{_quarantine(run)}{_pause_note(run)}; nothing to do while it runs."
         )
 
     return (

@@ -133,13 +133,14 @@ def _quarantined(run_id: str, e: dict[str, Any]) -> list[Statement]:
     return [
         (
             "INSERT INTO proj_quarantine (quarantine_id, run_id, step, batch, "
-            "record, reason, detail, attempt, payload, quarantined_at, state) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'quarantined') "
-            "ON CONFLICT (quarantine_id) DO NOTHING",
+            "record, reason, detail, attempt, payload, quarantined_at, state, "
+            "src_topic, src_partition, src_offset) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, "
+            "$12, $5) ON CONFLICT (quarantine_id) DO NOTHING",
             (
                 e["quarantine_id"], run_id, _STEP, e["batch"], e["offset"],
                 e["reason"], detail[:1000], e["attempt"], json_text(e["payload"]),
-                e["timestamp"],
+                e["timestamp"], e["topic"], e["partition"],
             ),
         )
     ]  # fmt: skip

@@ -11,31 +11,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from projections.controls import CONTROL_HANDLERS, CONTROLS_TOPIC_PREFIX
+from projections.controls import (
+    CONTROL_HANDLERS,
+    CONTROLS_TOPIC_PREFIX,
+    RERUN_HANDLERS,
+    RERUN_TOPIC_PREFIX,
+    WORKER_CONTROL_HANDLERS,
+)
 from projections.messages import (
     MESSAGE_HANDLERS,
     MESSAGES_TOPIC_PREFIX,
     stream_started,
 )
+from projections.quarantine import QUARANTINE_HANDLERS, QUARANTINE_TOPIC_PREFIX
 from projections.statements import Statement, counter_statements, json_text
 
 __all__ = ["Statement", "statements_for"]
 
 _Handler = Callable[[str, dict[str, Any]], list[Statement]]
 
-RUN_TOPIC_PREFIX = "ledger.run:Run."
-
 
 def statements_for(run_id: str, topic: str, state: dict[str, Any]) -> list[Statement]:
     """The read-table updates one event implies; none for other topics."""
-    if topic.startswith(CONTROLS_TOPIC_PREFIX):
-        handler = CONTROL_HANDLERS.get(topic[len(CONTROLS_TOPIC_PREFIX) :])
-    elif topic.startswith(MESSAGES_TOPIC_PREFIX):
-        handler = MESSAGE_HANDLERS.get(topic[len(MESSAGES_TOPIC_PREFIX) :])
-    elif topic.startswith(RUN_TOPIC_PREFIX):
-        handler = _HANDLERS.get(topic[len(RUN_TOPIC_PREFIX) :])
-    else:
+    module, _, name = topic.partition(":")
+    handlers = _BY_MODULE.get(f"{module}:")
+    if handlers is None:
         return []
+    if module == "ledger.run":
+        name = name.removeprefix("Run.")
+    handler = handlers.get(name)
     return handler(run_id, state) if handler else []
 
 
@@ -186,7 +190,7 @@ def _record_quarantined(run_id: str, e: dict[str, Any]) -> list[Statement]:
         (
             "INSERT INTO proj_quarantine (quarantine_id, run_id, step, batch, "
             "record, reason, detail, attempt, payload, quarantined_at, state) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'quarantined') "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending') "
             "ON CONFLICT (quarantine_id) DO NOTHING",
             (
                 e["quarantine_id"], run_id, e["step"], e["batch"], e["record"],
@@ -267,4 +271,14 @@ _HANDLERS: dict[str, _Handler] = {
     "StepFailed": _step_failed,
     "RunFailed": _run_failed,
     "RunCompleted": _run_completed,
+    **WORKER_CONTROL_HANDLERS,
+}
+
+# Each module of the write side that stores events on a run, by topic prefix.
+_BY_MODULE: dict[str, dict[str, _Handler]] = {
+    CONTROLS_TOPIC_PREFIX: CONTROL_HANDLERS,
+    MESSAGES_TOPIC_PREFIX: MESSAGE_HANDLERS,
+    QUARANTINE_TOPIC_PREFIX: QUARANTINE_HANDLERS,
+    RERUN_TOPIC_PREFIX: RERUN_HANDLERS,
+    "ledger.run:": _HANDLERS,  # the Run aggregate's own events: Run.NAME
 }

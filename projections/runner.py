@@ -19,7 +19,7 @@ import orjson
 
 from projections.database import ReadDatabase
 from projections.projector import statements_for
-from projections.tables import DDL, PROJECTION_NAME, TABLES
+from projections.tables import ADDED_COLUMNS, DDL, PROJECTION_NAME, TABLES, UPGRADES
 
 __all__ = ["catch_up", "ensure_tables", "follow_loop", "position", "rebuild"]
 
@@ -30,10 +30,35 @@ async def ensure_tables(db: ReadDatabase) -> None:
     """Creates the read tables once; a plain read when they exist, so that
     a read command never waits for the write lock just to look."""
     if await db.has_table("proj_position"):
+        await _add_missing_columns(db)
         return
     async with db.writing():
         for statement in DDL:
             await db.execute(statement)
+
+
+async def _add_missing_columns(db: ReadDatabase) -> None:
+    """Upgrades read tables made by an older ledger, in place: adding a
+    column is instant, where a rebuild would replay the whole log."""
+    tables = {table for table, _, _ in ADDED_COLUMNS}
+    if not await _missing_columns(db, tables):
+        return
+
+    # Checked again under the lock: another process may have done it.
+    async with db.writing():
+        missing = await _missing_columns(db, tables)
+        for table, column, kind in missing:
+            await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        if missing:
+            for statement in UPGRADES:
+                await db.execute(statement)
+
+
+async def _missing_columns(
+    db: ReadDatabase, tables: set[str]
+) -> list[tuple[str, str, str]]:
+    present = {table: await db.columns(table) for table in sorted(tables)}
+    return [item for item in ADDED_COLUMNS if item[1] not in present[item[0]]]
 
 
 async def position(db: ReadDatabase) -> int:

@@ -7,7 +7,7 @@ times are ISO 8601 text in UTC, which sort correctly as text.
 
 from __future__ import annotations
 
-__all__ = ["DDL", "PROJECTION_NAME", "TABLES"]
+__all__ = ["ADDED_COLUMNS", "DDL", "PROJECTION_NAME", "TABLES", "UPGRADES"]
 
 PROJECTION_NAME = "ledger-read-model"
 
@@ -122,7 +122,15 @@ DDL = (
         attempt BIGINT NOT NULL,
         payload TEXT,
         quarantined_at TEXT NOT NULL,
-        state TEXT NOT NULL
+        state TEXT NOT NULL,
+        src_topic TEXT,
+        src_partition BIGINT,
+        src_offset BIGINT,
+        decided_by TEXT,
+        decided_reason TEXT,
+        decided_at TEXT,
+        previous_id TEXT,
+        next_id TEXT
     )
     """,
     "CREATE INDEX IF NOT EXISTS proj_quarantine_run ON proj_quarantine (run_id)",
@@ -173,8 +181,32 @@ DDL = (
         action TEXT NOT NULL,
         by_whom TEXT NOT NULL,
         reason TEXT NOT NULL,
-        attempt BIGINT
+        attempt BIGINT,
+        target TEXT
     )
     """,
     "CREATE INDEX IF NOT EXISTS proj_actions_run ON proj_actions (run_id, at)",
 )
+
+# Columns added to tables that older ledgers already hold: each is added in
+# place when missing (see projections.runner.ensure_tables), since a table
+# created before it would otherwise refuse every statement that names it.
+# Rows projected before then keep NULL in them; `ledger project --rebuild`
+# fills them from the log.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("proj_quarantine", "src_topic", "TEXT"),
+    ("proj_quarantine", "src_partition", "BIGINT"),
+    ("proj_quarantine", "src_offset", "BIGINT"),
+    ("proj_quarantine", "decided_by", "TEXT"),
+    ("proj_quarantine", "decided_reason", "TEXT"),
+    ("proj_quarantine", "decided_at", "TEXT"),
+    ("proj_actions", "target", "TEXT"),
+    # A record quarantined again by a promotion names the record it was
+    # promoted from; that record names it back.
+    ("proj_quarantine", "previous_id", "TEXT"),
+    ("proj_quarantine", "next_id", "TEXT"),
+)
+
+# Run once, with the columns, on rows projected before they existed: a
+# quarantined record waiting for a decision was stored as `quarantined`.
+UPGRADES = ("UPDATE proj_quarantine SET state = 'pending' WHERE state = 'quarantined'",)

@@ -74,8 +74,14 @@ class RunView:
     consumer: dict[str, Any] | None = None
 
     # Operator decisions about the run, oldest first: at, action, by,
-    # reason, attempt.
+    # reason, attempt, and target (the quarantine id a decision about one
+    # record names; None for a decision about the whole run).
     actions: list[dict[str, Any]] = field(default_factory=list)
+    paused: dict[str, Any] | None = None
+
+    # Quarantined records an operator discarded; `quarantined` and
+    # `quarantined_by_reason` count only the records still pending.
+    discarded: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +127,17 @@ class QuarantineView:
     quarantined_at: str
     state: str
 
+    # The operator's decision, once the record is no longer pending.
+    decided_by: str | None = None
+    decided_reason: str | None = None
+    decided_at: str | None = None
+
+    # Lineage: the record this one was promoted from (a promotion the
+    # job's code rejected again quarantines it anew), and the record a
+    # promotion of this one was quarantined again as.
+    previous_id: str | None = None
+    next_id: str | None = None
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -144,12 +161,45 @@ def _resume_point(steps: list[StepView]) -> dict[str, Any] | None:
     return None
 
 
-def _effective_state(row: dict[str, Any]) -> tuple[str, str | None]:
-    """A run marked running whose worker is gone is shown as interrupted."""
-    if row["state"] != "running" or not row["worker"]:
+async def _effective_state(
+    db: ReadDatabase, row: dict[str, Any]
+) -> tuple[str, str | None]:
+    """The run's state as its worker's liveness shows it.
+
+    A run marked running whose worker is gone is `interrupted` (its process
+    is gone on this host) or `abandoned-by-worker` (its lease ran out: a
+    lost node or a frozen worker). A paused run stays paused either way:
+    the operator's decision holds; the evidence says whether a worker waits.
+    """
+    if row["state"] not in ("running", "paused") or not row["worker"]:
         return row["state"], None
+    if row["state"] == "paused" and not await _attempt_open(db, row["run_id"]):
+        return "paused", None
     state = liveness(orjson.loads(row["worker"]), row["lease_until"] or "")
-    return ("running" if state.alive else "interrupted"), state.evidence
+    if row["state"] == "paused" or state.alive:
+        return row["state"], state.evidence
+    return ("abandoned-by-worker" if state.lease_expired else "interrupted"), (
+        state.evidence
+    )
+
+
+async def _attempt_open(db: ReadDatabase, run_id: str) -> bool:
+    rows = await db.fetch(
+        "SELECT outcome FROM proj_attempts WHERE run_id = $1 "
+        "ORDER BY attempt DESC LIMIT 1",
+        run_id,
+    )
+    return bool(rows) and str(rows[0]["outcome"]) == "running"
+
+
+def _pause(actions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The operator's pause in force, if any: the last pause not lifted."""
+    for action in reversed(actions):
+        if action["action"] == "pause":
+            return dict(action)
+        if action["action"] == "resume":
+            return None
+    return None
 
 
 async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
@@ -172,8 +222,8 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
         )
     ]
     reasons = await db.fetch(
-        "SELECT reason, COUNT(*) AS n FROM proj_quarantine WHERE run_id = $1 "
-        "GROUP BY reason ORDER BY reason",
+        "SELECT state, reason, COUNT(*) AS n FROM proj_quarantine "
+        "WHERE run_id = $1 GROUP BY state, reason ORDER BY reason",
         run_id,
     )
     counters = await db.fetch(
@@ -199,8 +249,11 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
             "error_class": row["error_class"],
             "error_message": row["error_message"],
         }
-    state, evidence = _effective_state(row)
-    by_reason = {r["reason"]: int(r["n"]) for r in reasons}
+    state, evidence = await _effective_state(db, row)
+
+    # What still waits in quarantine; decided records are counted apart.
+    by_reason = {r["reason"]: int(r["n"]) for r in reasons if r["state"] == "pending"}
+    discarded = sum(int(r["n"]) for r in reasons if r["state"] == "discarded")
     consumer = await _consumer_view(db, run_id)
     actions = [
         {
@@ -209,6 +262,7 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
             "by": a["by_whom"],
             "reason": a["reason"],
             "attempt": a["attempt"],
+            "target": a["target"],
         }
         for a in await db.fetch(
             "SELECT * FROM proj_actions WHERE run_id = $1 ORDER BY at", run_id
@@ -253,6 +307,8 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
         ended_at=row["ended_at"],
         consumer=consumer,
         actions=actions,
+        paused=_pause(actions),
+        discarded=discarded,
     )
 
 
@@ -327,8 +383,9 @@ async def list_attempts(
     rows = await db.fetch(
         "SELECT * FROM proj_attempts WHERE run_id = $1 ORDER BY attempt", run_id
     )
-    if run_state == "interrupted" and rows and rows[-1]["outcome"] == "running":
-        rows[-1] = {**rows[-1], "outcome": "interrupted"}
+    lost = ("interrupted", "abandoned-by-worker")
+    if run_state in lost and rows and rows[-1]["outcome"] == "running":
+        rows[-1] = {**rows[-1], "outcome": run_state}
 
     # A consumer's attempt that ended cleanly stopped; its topics go on.
     if run_state == "stopped" and rows and rows[-1]["outcome"] == "completed":
@@ -373,11 +430,15 @@ async def list_quarantine(
     job: str | None = None,
     limit: int = 100,
     run_id: str | None = None,
+    state: str | None = None,
 ) -> tuple[int, list[QuarantineView]]:
     """The total count, and up to `limit` records, oldest first; of every
-    run, of one job's runs, or of one run."""
+    run, of one job's runs, or of one run; in one state, or in any."""
     conditions: list[str] = []
     args: tuple[Any, ...] = ()
+    if state:
+        args += (state,)
+        conditions.append(f"q.state = ${len(args)}")
     if job:
         args += (job,)
         conditions.append(f"r.job = ${len(args)}")
@@ -410,6 +471,11 @@ async def list_quarantine(
             payload=_loads(r["payload"]),
             quarantined_at=r["quarantined_at"],
             state=r["state"],
+            decided_by=r["decided_by"],
+            decided_reason=r["decided_reason"],
+            decided_at=r["decided_at"],
+            previous_id=r.get("previous_id"),
+            next_id=r.get("next_id"),
         )
         for r in rows
     ]

@@ -54,9 +54,12 @@ def test_abandon_a_held_run_then_resume_it(tmp_path: Path, ledger_url: str) -> N
     shown = ledger_command(["history", run_id, "--json"], url=ledger_url, cwd=tmp_path)
     view = orjson.loads(shown.stdout)
     assert view["run"]["state"] == "abandoned"
-    assert [(a["action"], a["by"], a["reason"]) for a in view["run"]["actions"]] == [
-        ("abandon", "alice", "node lost in rack 4")
-    ]
+    actions = [(a["action"], a["by"], a["reason"]) for a in view["run"]["actions"]]
+    assert actions[0] == ("abandon", "alice", "node lost in rack 4")
+
+    # The late worker's refused append is on record, never applied.
+    assert [a[:2] for a in actions[1:]] == [("refused", "the late worker of attempt 1")]
+    assert "abandoned by alice: node lost in rack 4" in actions[1][2]
     assert view["attempts"][-1]["outcome"] == "abandoned"
 
     story = ledger_command(["explain", run_id], url=ledger_url, cwd=tmp_path)

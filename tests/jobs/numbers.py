@@ -7,7 +7,12 @@ with the same input version:
   `fail_batch` (the parameters stay the same when the file is removed, so
   the next run resumes the same run);
 - `hold_marker`: while this file exists, the first batch of `store` waits
-  (up to 60 s) so a test can observe a live worker holding the run.
+  (up to 60 s) so a test can observe a live worker holding the run;
+- `record_ms`: each record of `store` takes this long, so a test can act
+  on a worker in the middle of its batches;
+- `lenient_marker`: while this file exists, `double` reads a line `xN`
+  (which it otherwise rejects as not_a_number) as N: it stands for "the
+  cause was fixed", so that a promoted record can be written.
 """
 
 from __future__ import annotations
@@ -42,8 +47,11 @@ class Double:
 
     def handle(self, record: Record, counters: Counter[str]) -> Any:
         self.job.maybe_fail(self.name)
+        text = record.data
+        if self.job.lenient() and text.startswith("x"):
+            text = text[1:]
         try:
-            value = int(record.data)
+            value = int(text)
         except ValueError:
             raise Reject("not_a_number", f"{record.data!r}", record.data) from None
         if value < 0:
@@ -80,6 +88,7 @@ class Store:
     def handle(self, record: Record, counters: Counter[str]) -> Any:
         self.job.maybe_fail(self.name)
         self.job.maybe_hold()
+        time.sleep(float(self.job.params["record_ms"]) / 1000)
         return record.data
 
     def write(self, outputs: Sequence[tuple[Record, Any]]) -> int:
@@ -101,6 +110,8 @@ class NumbersJob(Job):
         "fail_step": "store",
         "fail_batch": 1,
         "hold_marker": "",
+        "record_ms": 0,
+        "lenient_marker": "",
     }
 
     def check_input(self, path: Path) -> None:
@@ -134,6 +145,10 @@ class NumbersJob(Job):
         batch = (self.handled[step] - 1) // self.batch_size
         if Path(marker).exists() and batch >= int(self.params["fail_batch"]):
             raise RuntimeError(f"planted failure in {step}")
+
+    def lenient(self) -> bool:
+        marker = self.params["lenient_marker"]
+        return bool(marker) and Path(marker).exists()
 
     def maybe_hold(self) -> None:
         marker = self.params["hold_marker"]

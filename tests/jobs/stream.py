@@ -9,7 +9,11 @@ Poison on demand, by the message's `poison` field:
 - `raise`: the handler raises ValueError every time;
 - `kill`: the handler kills its own process with SIGKILL;
 - `stall`: the handler writes STREAM_STALL_FILE + ".reached" and waits
-  until STREAM_STALL_FILE exists (only when STREAM_STALL_FILE is set).
+  until STREAM_STALL_FILE exists (only when STREAM_STALL_FILE is set);
+- `flaky`: the handler raises ValueError while the file named by
+  STREAM_FLAKY_FILE exists (so the consumer quarantines the message after
+  its retries), and handles it as any other once the file is gone: a
+  cause fixed, for a promotion to write the message.
 
 Environment: STREAM_TOPIC, STREAM_GROUP, STREAM_SINK (required),
 STREAM_BATCH (max records per batch, default 200), STREAM_SLOW_MS (time
@@ -69,6 +73,9 @@ class StreamNumbers(ConsumerJob):
         poison = value.get("poison")
         if poison == "raise":
             raise ValueError(f"poison message {value['n']}")
+        flaky = os.environ.get("STREAM_FLAKY_FILE")
+        if poison == "flaky" and flaky and Path(flaky).exists():
+            raise ValueError(f"flaky message {value['n']}: {flaky} exists")
         if poison == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if poison == "reject":

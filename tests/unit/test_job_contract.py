@@ -70,3 +70,56 @@ def test_repeated_step_names_are_refused_before_recording(
         with pytest.raises(InputError, match="step names repeat"):
             run_job(ledger, job, "twice", source, params)
         assert not ledger.recorder.max_notification_id()
+
+
+class _RejectingStep:
+    """Rejects every record, with a payload holding a card number."""
+
+    name = "check"
+    position_kind = "line"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def size(self) -> int | None:
+        return None
+
+    def read(self, after: Any) -> Any:
+        from ledger import Record
+
+        start = after.position if after else 0
+        lines = self.path.read_text().splitlines()
+        for number, line in enumerate(lines[start:], start=start + 1):
+            yield Record(number=number, position=number, data=line)
+
+    def handle(self, record: Any, counters: Any) -> Any:
+        from ledger import Reject
+
+        raise Reject(
+            "declined", "card declined", {"card": "4111 1111 1111 1111", "n": 1}
+        )
+
+    def write(self, outputs: Any) -> int:
+        return len(outputs)
+
+
+class SecretiveRejects(Secretive):
+    def open(self, context: RunContext) -> Sequence[Step]:
+        return [_RejectingStep(Path(context.input.path))]
+
+
+def test_a_file_jobs_quarantined_payload_is_recorded_redacted(tmp_path: Path) -> None:
+    source = describe_input(write_numbers(tmp_path / "n.txt", 3))
+    job = SecretiveRejects()
+    params = resolve_params(job, {"max_quarantine_ratio": "1"})
+    with opened(parse_ledger_url(f"sqlite:///{tmp_path}/l.sqlite")) as ledger:
+        run_job(ledger, job, __name__, source, params)
+        stored = [
+            n.state
+            for n in ledger.recorder.select_notifications(start=1, limit=100)
+            if n.topic.endswith("RecordQuarantined")
+        ]
+    assert len(stored) == 3
+    for state in stored:
+        assert b"4111" not in state
+        assert REDACTED.encode() in state

@@ -32,10 +32,13 @@ from ledger import Checkpoint, Job, JobFailed, Record, RunContext, Step
 from ledger import controls as controls_module
 from ledger import input_runs as input_runs_module
 from ledger import messages as messages_module
+from ledger import quarantine as quarantine_module
 from ledger import run as run_module
 from ledger.config import parse_ledger_url
-from ledger.controls import abandon
+from ledger.controls import abandon, lift_pause, pause
 from ledger.loader import load_job
+from ledger.promotion import FilePromotion
+from ledger.quarantine import discard, promote
 from ledger.run import Run
 from ledger.runtime import describe_input, resolve_params, run_job
 from ledger.store import Ledger, opened
@@ -130,6 +133,31 @@ def run_every_outcome(ledger: Ledger, source_path: Path, folder: Path) -> None:
     clean = run_job(ledger, flights, str(FLIGHTS_JOB), source, params)
     assert clean.status == "completed"
 
+    # An operator discards one of its quarantined records.
+    reviewed: Run = ledger.repository.get(clean.run_id)
+    discarded = min(reviewed.quarantine_states)
+    discard(reviewed, discarded, "ops@example", "test row")
+    ledger.save(reviewed)
+
+    # Another is promoted: the job's own code reads it again from the input
+    # and rejects it again, so it is quarantined anew.
+    malformed = next(
+        event
+        for event in ledger.repository.event_store.get(clean.run_id)
+        if isinstance(event, Run.RecordQuarantined)
+        and event.reason == "malformed"
+        and event.quarantine_id != discarded
+    )
+    context = RunContext(run_id=clean.run_id, input=source, params=params)
+    promotion = FilePromotion(flights, context, flights.open(context), completed=True)
+    try:
+        result = promotion.promote(reviewed, malformed)
+    finally:
+        promotion.close()
+    assert (result.outcome, result.step) == ("rejected", "extract")
+    promote(reviewed, malformed.quarantine_id, "ops@example", "parser fixed", result)
+    ledger.save(reviewed)
+
     # A run whose output refuses batch 1 of enrich: the step and run fail.
     flaky_params = resolve_params(
         FlakyFlights(None),
@@ -157,6 +185,25 @@ def run_every_outcome(ledger: Ledger, source_path: Path, folder: Path) -> None:
     lost.start_attempt(dead_worker(), lease_until())
     abandon(lost, "ops@example", "the node is gone for good")
     ledger.save(lost)
+
+    # An operator pauses a failed run and lifts the pause; then pauses a
+    # held one, whose worker stops, renews its lease and goes on; a late
+    # worker's appends are refused.
+    with pytest.raises(JobFailed) as third:
+        run_job(
+            ledger, FlakyFlights(("enrich", 1)), __name__, source, flaky_params,
+            new_run=True,
+        )  # fmt: skip
+    held: Run = ledger.repository.get(UUID(third.value.run_id))
+    pause(held, "ops@example", "waiting for the vendor's fix")
+    lift_pause(held, "ops@example", "fixed upstream")
+    held.start_attempt(current_worker(), lease_until())
+    pause(held, "ops@example", "maintenance window")
+    held.acknowledge_pause(held.attempt)
+    held.renew_lease(held.attempt, lease_until())
+    lift_pause(held, "ops@example", "")
+    held.refuse_appends(1, ["BatchCheckpointed"], "taken over by attempt 2")
+    ledger.save(held)
 
 
 def stored_events(ledger: Ledger) -> list[tuple[str, dict[str, Any]]]:
@@ -194,7 +241,13 @@ def current_schemas() -> dict[str, dict[str, Any]]:
 
 # The modules that define stored events: nested in their aggregates, or (for
 # ledger.messages, whose events a Run triggers) at module level.
-EVENT_MODULES = (run_module, input_runs_module, messages_module, controls_module)
+EVENT_MODULES = (
+    run_module,
+    input_runs_module,
+    messages_module,
+    controls_module,
+    quarantine_module,
+)
 
 
 def _defined_in(module: ModuleType, base: type) -> list[type]:

@@ -1,0 +1,239 @@
+"""`ledger quarantine promote`: put quarantined records back into processing.
+
+A promoted record goes through its job's own code again, as a new attempt
+of that one record, and the outcome is recorded with who and why. The
+line printed says it in words: written, rejected again (and quarantined
+under a new id that names the old one), or failed (still pending).
+
+Exit codes: 0 when every promotion was recorded and none failed; 1 when
+the job's code failed on a record (recorded; it stays pending); 2 for bad
+input and refusals, which record nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ledger.cli_support import location_of, print_json
+from ledger.errors import LedgerError
+
+if TYPE_CHECKING:
+    from ledger.operations import BulkResult
+    from ledger.promotion import Promoter
+    from projections.views import RunView
+
+__all__ = ["PromotionNotConfirmed", "promote_cmd"]
+
+
+class PromotionNotConfirmed(LedgerError):
+    """A bulk promotion nobody confirmed: stdin is not a terminal."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(
+            f"refusing to promote {count:,} records without a confirmation, and "
+            "stdin is not a terminal to ask on: pass --yes to confirm, or "
+            "--dry-run to only count them"
+        )
+        self.count = count
+
+
+def _open_messages(view: RunView, bootstrap_servers: str | None) -> Promoter:
+    """The Kafka adapter, loaded only when a consumer's message is promoted."""
+    from consumers.promotion import open_message_promotion
+
+    return open_message_promotion(view, bootstrap_servers)
+
+
+@click.command("promote")
+@click.argument("quarantine_ref", metavar="[ID]", required=False)
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Promote every pending record that matches the filters below.",
+)
+@click.option("--job", default=None, help="With --all: only this job's records.")
+@click.option(
+    "--run",
+    "run_ref",
+    default=None,
+    metavar="RUN",
+    help="With --all: only this run's records (an id or a unique prefix).",
+)
+@click.option(
+    "--reason-is",
+    "quarantine_reason",
+    default=None,
+    metavar="REASON",
+    help="With --all: only records quarantined for this reason.",
+)
+@click.option(
+    "--since",
+    default=None,
+    metavar="TIME",
+    help="With --all: quarantined at or after TIME (ISO 8601, UTC unless an "
+    "offset is given, or an age: 30m, 2h, 3d).",
+)
+@click.option(
+    "--until",
+    default=None,
+    metavar="TIME",
+    help="With --all: quarantined at or before TIME.",
+)
+@click.option(
+    "--reason",
+    default="",
+    help="Why the records are promoted (recorded; default 'promoted').",
+)
+@click.option(
+    "--as",
+    "as_name",
+    default=None,
+    metavar="NAME",
+    help="Who decides (default: LEDGER_OPERATOR, else user@host).",
+)
+@click.option(
+    "--bootstrap-servers",
+    envvar="KAFKA_BOOTSTRAP_SERVERS",
+    show_envvar=True,
+    default=None,
+    metavar="H:P",
+    help="Kafka brokers to fetch a consumer's message from (default: where "
+    "its run consumed from).",
+)
+@click.option("--yes", is_flag=True, help="With --all: do not ask to confirm.")
+@click.option(
+    "--dry-run", is_flag=True, help="With --all: only count what would be promoted."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def promote_cmd(
+    ctx: click.Context,
+    quarantine_ref: str | None,
+    every: bool,
+    job: str | None,
+    run_ref: str | None,
+    quarantine_reason: str | None,
+    since: str | None,
+    until: str | None,
+    reason: str,
+    as_name: str | None,
+    bootstrap_servers: str | None,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Promote a quarantined record (ID), or every match of filters (--all).
+
+    The record goes through its job's own code again: from the step that
+    rejected it through every later step (a consumer's message: fetched
+    again from its topic). Refused while a live worker holds the run.
+    """
+    from ledger.controls import operator
+    from ledger.promotions import promote_record, promote_records
+    from ledger.quarantine import FAILED
+
+    filters = {
+        "--job": job,
+        "--run": run_ref,
+        "--reason-is": quarantine_reason,
+        "--since": since,
+        "--until": until,
+    }
+    _check_form(quarantine_ref, every, filters, yes=yes, dry_run=dry_run)
+    by = operator(as_name)
+    location = location_of(ctx)
+
+    # One record.
+    if quarantine_ref is not None:
+        result = promote_record(
+            location, quarantine_ref, by=by, reason=reason,
+            bootstrap_servers=bootstrap_servers, open_messages=_open_messages,
+        )  # fmt: skip
+        if as_json:
+            print_json(result.as_dict())
+        else:
+            click.echo(result.message)
+        if result.outcome == FAILED:
+            sys.exit(1)
+        return
+
+    # Many: count them first, then ask (or not), then act on that selection.
+    query: dict[str, Any] = {
+        "job": job,
+        "run_ref": run_ref,
+        "quarantine_reason": quarantine_reason,
+        "since": since,
+        "until": until,
+    }
+    selected = promote_records(location, by=by, reason=reason, dry_run=True, **query)
+    click.echo(_count_line(selected, dry_run=dry_run), err=as_json)
+    if dry_run or not selected.matched:
+        if as_json:
+            print_json(selected.as_dict())
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise PromotionNotConfirmed(selected.matched)
+        click.confirm(
+            f"promote these {selected.matched:,} records?", abort=True, err=True
+        )
+    done = promote_records(
+        location, by=by, reason=reason, quarantine_ids=selected.quarantine_ids,
+        bootstrap_servers=bootstrap_servers, open_messages=_open_messages, **query,
+    )  # fmt: skip
+    if as_json:
+        print_json(done.as_dict())
+    else:
+        for item in done.results:
+            click.echo(item["message"])
+        click.echo(done.message)
+        for skipped in done.skipped:
+            click.echo(f"left pending {skipped['quarantine_id'][:8]}: {skipped['why']}")
+
+    # Refusals say so with the exit code; so do failures of the job's code.
+    if done.skipped:
+        sys.exit(2)
+    if any(item["outcome"] == FAILED for item in done.results):
+        sys.exit(1)
+
+
+def _check_form(
+    quarantine_ref: str | None,
+    every: bool,
+    filters: dict[str, str | None],
+    *,
+    yes: bool,
+    dry_run: bool,
+) -> None:
+    """One record by ID, or --all with filters: never both, never neither."""
+    if quarantine_ref is not None and every:
+        raise click.UsageError(
+            "give one record's ID or --all with filters, not both: drop the ID "
+            "to promote every match, or drop --all to promote that record"
+        )
+    if quarantine_ref is None and not every:
+        raise click.UsageError(
+            "say what to promote: one record's ID (see `ledger quarantine "
+            "list`), or --all with filters such as --job, --run or --reason-is"
+        )
+    if quarantine_ref is not None:
+        given = [name for name, value in filters.items() if value is not None]
+        given += ["--yes"] if yes else []
+        given += ["--dry-run"] if dry_run else []
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)} only apply with --all; with one record's ID, "
+                "drop them"
+            )
+
+
+def _count_line(result: BulkResult, *, dry_run: bool) -> str:
+    if not result.matched:
+        return "no pending records match; nothing to promote"
+    reasons = ", ".join(f"{n:,} {name}" for name, n in result.by_reason.items())
+    action = "would be promoted (dry run)" if dry_run else "match"
+    return f"{result.matched:,} pending records {action}: {reasons}"

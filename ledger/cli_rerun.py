@@ -1,0 +1,148 @@
+"""`ledger rerun`: redo a run's work from a named point, keeping the rest.
+
+The command shows its plan (what is kept, what is redone) before it acts;
+`--dry-run` shows only the plan. Before anything is recorded, the steps
+whose work is kept are asked whether their output still holds it: a rerun
+that would build on lost output is refused.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ledger.cli_run import execute, prepare_resume
+from ledger.cli_support import location_of, print_json
+from ledger.controls import ControlRefused
+from ledger.errors import LedgerError, OutputLost
+from ledger.job import InputVersion, Job, RunContext
+
+if TYPE_CHECKING:
+    from ledger.rerun import RerunPlan
+
+__all__ = ["rerun"]
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option(
+    "--from",
+    "point",
+    required=True,
+    metavar="POINT",
+    help="Where the redo starts: step:NAME, batch:N or step:NAME/batch:N.",
+)
+@click.option("--reason", default="", help="Why the work is redone (recorded).")
+@click.option(
+    "--as",
+    "as_name",
+    default=None,
+    metavar="NAME",
+    help="Who decides (default: LEDGER_OPERATOR, else user@host).",
+)
+@click.option(
+    "--max-quarantine-ratio",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Accept a larger share of rejected records per batch.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan; record nothing.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def rerun(
+    ctx: click.Context,
+    run_ref: str,
+    point: str,
+    reason: str,
+    as_name: str | None,
+    max_quarantine_ratio: float | None,
+    dry_run: bool,
+    no_progress: bool,
+    as_json: bool,
+) -> None:
+    """Rerun a run from a named point: the work before it is kept, the rest
+    is redone by a new attempt."""
+    from ledger.controls import operator
+    from ledger.operations import plan_rerun_of, rerun_run
+    from projections.access import read
+    from projections.views import find_run
+
+    location = location_of(ctx)
+    view = read(location, lambda db: find_run(db, run_ref))
+    plan = plan_rerun_of(location, view.run_id, point)
+    job, input_path, params = prepare_resume(view, max_quarantine_ratio)
+    _check_kept_output(job, view.run_id, view.input, params, plan)
+
+    # The plan first: what is kept and what is redone.
+    if as_json and dry_run:
+        print_json({"plan": plan.as_dict(), "dry_run": True})
+        return
+    if not as_json:
+        for line in plan.lines():
+            click.echo(line)
+    if dry_run:
+        return
+    if not reason.strip():
+        raise ControlRefused(
+            "a rerun needs a reason: pass --reason TEXT saying why the work is redone"
+        )
+
+    result = rerun_run(
+        location,
+        view.run_id,
+        by=operator(as_name),
+        reason=reason,
+        point=point,
+        expected=plan,
+    )
+    if not as_json:
+        click.echo(result.message.split("; `ledger resume")[0])
+    execute(
+        location, job, view.job_ref, input_path, params, new_run=False,
+        show_progress=not no_progress, as_json=as_json, run_id=view.run_id,
+    )  # fmt: skip
+
+
+def _check_kept_output(
+    job: Job,
+    run_id: str,
+    source: dict[str, Any],
+    params: dict[str, Any],
+    plan: RerunPlan,
+) -> None:
+    """Refuses a rerun whose kept work is no longer in the output."""
+    from uuid import UUID
+
+    version = InputVersion(
+        path=source["path"],
+        name=source["name"],
+        size=source["size"],
+        sha256=source["sha256"],
+    )
+    context = RunContext(run_id=UUID(run_id), input=version, params=params)
+    try:
+        steps = {step.name: step for step in job.open(context)}
+    except LedgerError:
+        raise
+    except Exception as error:
+        raise LedgerError(
+            f"{job.name} could not open its output to check the kept work "
+            f"({type(error).__name__}: {error}); check the files it names"
+        ) from error
+    try:
+        for item in plan.steps:
+            verify = getattr(steps.get(item.step), "verify", None)
+            if verify is None or not item.kept_written:
+                continue
+            try:
+                verify(item.kept_written)
+            except OutputLost as lost:
+                raise ControlRefused(
+                    f"a rerun from {plan.point} keeps step {item.step}'s work, but "
+                    f"{lost}; rerun from an earlier point (the first step keeps "
+                    "nothing: --from step:" + plan.steps[0].step + ")"
+                ) from None
+    finally:
+        job.close(context, completed=False)

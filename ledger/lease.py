@@ -1,0 +1,89 @@
+"""The heartbeat that keeps a worker's lease alive between batches.
+
+A worker's lease (`Run.lease_until`) is renewed by every batch it starts
+or checkpoints. A batch slower than the lease, a paused worker or an idle
+consumer renews nothing, so a thread beside the work renews the lease
+whenever less than two thirds of it is left. A busy worker therefore adds
+no events of its own, and a worker that stops beating (a lost node, a
+frozen process) loses the run once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from uuid import UUID
+
+import structlog
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+from ledger.run import Run
+from ledger.store import Ledger
+from ledger.worker import LEASE_SECONDS, lease_until
+
+__all__ = ["Heartbeat"]
+
+log = structlog.get_logger(__name__)
+
+
+class Heartbeat:
+    """Renews one attempt's lease from its own thread until stopped."""
+
+    def __init__(
+        self, ledger: Ledger, run_id: UUID, attempt: int, seconds: int = LEASE_SECONDS
+    ) -> None:
+        self.ledger = ledger
+        self.run_id = run_id
+        self.attempt = attempt
+        self.seconds = seconds
+        self.interval = max(0.2, seconds / 3)
+
+        # Set once the attempt is no longer the run's open one: the worker
+        # learns it on its next append anyway; this says why, sooner.
+        self.lost = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat_loop, name="ledger-heartbeat", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=self.interval + 5)
+
+    def _beat_loop(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                self._beat()
+            except PersistenceError as error:
+                # One missed beat is harmless: the lease outlasts three.
+                log.warning(
+                    "lease.renewal_failed",
+                    run_id=str(self.run_id),
+                    attempt=self.attempt,
+                    error=str(error).splitlines()[0] if str(error) else "",
+                )
+            if self.lost.is_set():
+                return
+
+    def _beat(self) -> None:
+        run: Run = self.ledger.repository.get(self.run_id)
+        if not run.attempt_open or run.attempt != self.attempt:
+            self.lost.set()
+            return
+
+        # A batch renewed it lately: nothing to write.
+        left = datetime.fromisoformat(run.lease_until) - datetime.now(UTC)
+        if left.total_seconds() > self.seconds - self.interval:
+            return
+
+        run.renew_lease(self.attempt, lease_until(self.seconds))
+        try:
+            self.ledger.save(run)
+        except IntegrityError:
+            # The worker saved first, and renewed the lease with it.
+            return
+        log.debug("lease.renewed", run_id=str(self.run_id), attempt=self.attempt)
