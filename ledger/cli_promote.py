@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ledger.promotion import Promoter
     from projections.views import RunView
 
-__all__ = ["PromotionNotConfirmed", "promote_cmd"]
+__all__ = ["PromotionNotConfirmed", "promote_cmd", "open_messages"]
 
 
 class PromotionNotConfirmed(LedgerError):
@@ -40,7 +40,7 @@ class PromotionNotConfirmed(LedgerError):
         self.count = count
 
 
-def _open_messages(view: RunView, bootstrap_servers: str | None) -> Promoter:
+def open_messages(view: RunView, bootstrap_servers: str | None) -> Promoter:
     """The Kafka adapter, loaded only when a consumer's message is promoted."""
     from consumers.promotion import open_message_promotion
 
@@ -151,7 +151,7 @@ def promote_cmd(
     if quarantine_ref is not None:
         result = promote_record(
             location, quarantine_ref, by=by, reason=reason,
-            bootstrap_servers=bootstrap_servers, open_messages=_open_messages,
+            bootstrap_servers=bootstrap_servers, open_messages=open_messages,
         )  # fmt: skip
         if as_json:
             print_json(result.as_dict())
@@ -183,7 +183,7 @@ def promote_cmd(
         )
     done = promote_records(
         location, by=by, reason=reason, quarantine_ids=selected.quarantine_ids,
-        bootstrap_servers=bootstrap_servers, open_messages=_open_messages, **query,
+        bootstrap_servers=bootstrap_servers, open_messages=open_messages, **query,
     )  # fmt: skip
     if as_json:
         print_json(done.as_dict())

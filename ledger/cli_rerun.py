@@ -8,6 +8,7 @@ that would build on lost output is refused.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -17,9 +18,11 @@ from ledger.cli_support import location_of, print_json
 from ledger.controls import ControlRefused
 from ledger.errors import LedgerError, OutputLost
 from ledger.job import InputVersion, Job, RunContext
+from projections.explain import describe_resume
 
 if TYPE_CHECKING:
     from ledger.rerun import RerunPlan
+    from projections.views import RunView
 
 __all__ = ["rerun"]
 
@@ -29,9 +32,15 @@ __all__ = ["rerun"]
 @click.option(
     "--from",
     "point",
-    required=True,
+    default=None,
     metavar="POINT",
     help="Where the redo starts: step:NAME, batch:N or step:NAME/batch:N.",
+)
+@click.option(
+    "--failed-only",
+    is_flag=True,
+    help="Replay only the failed batch (and the work never done after it) "
+    "and promote the run's quarantined records; nothing that completed.",
 )
 @click.option("--reason", default="", help="Why the work is redone (recorded).")
 @click.option(
@@ -54,7 +63,8 @@ __all__ = ["rerun"]
 def rerun(
     ctx: click.Context,
     run_ref: str,
-    point: str,
+    point: str | None,
+    failed_only: bool,
     reason: str,
     as_name: str | None,
     max_quarantine_ratio: float | None,
@@ -70,7 +80,19 @@ def rerun(
     from projections.views import find_run
 
     location = location_of(ctx)
+    if (point is None) == (not failed_only):
+        raise LedgerError(
+            "name what to rerun: --from POINT (step:NAME, batch:N or "
+            "step:NAME/batch:N), or --failed-only; not both"
+        )
     view = read(location, lambda db: find_run(db, run_ref))
+    if failed_only:
+        replay_failed(
+            ctx, view, reason, as_name, max_quarantine_ratio,
+            dry_run=dry_run, no_progress=no_progress, as_json=as_json,
+        )  # fmt: skip
+        return
+    assert point is not None
     plan = plan_rerun_of(location, view.run_id, point)
     job, input_path, params = prepare_resume(view, max_quarantine_ratio)
     _check_kept_output(job, view.run_id, view.input, params, plan)
@@ -146,3 +168,99 @@ def _check_kept_output(
                 ) from None
     finally:
         job.close(context, completed=False)
+
+
+def replay_failed(
+    ctx: click.Context,
+    view: RunView,
+    reason: str,
+    as_name: str | None,
+    max_quarantine_ratio: float | None,
+    *,
+    dry_run: bool,
+    no_progress: bool,
+    as_json: bool,
+) -> None:
+    """`rerun --failed-only`: the failed batch and what was never done after
+    it (the run's resume point), then every pending quarantined record
+    through the job's own code; nothing checkpointed is done again."""
+    from ledger.cli_promote import open_messages
+    from ledger.controls import operator
+    from ledger.promotions import promote_records
+    from ledger.quarantine import FAILED
+
+    location = location_of(ctx)
+    short = view.run_id[:8]
+    unfinished = view.state not in ("completed", "stopped")
+    selected = promote_records(
+        location, by="", reason="", dry_run=True, run_ref=view.run_id
+    )
+
+    # The plan first.
+    if view.consumer is not None:
+        replay = (
+            "the consumer's partitions go on from its positions when its member "
+            "starts again"
+        )
+    elif unfinished:
+        replay = f"from {describe_resume(view.resume_point)}"
+    else:
+        replay = "nothing (every step is done)"
+    reasons = ", ".join(f"{n:,} {r}" for r, n in sorted(selected.by_reason.items()))
+    lines = [
+        f"rerun of run {view.run_id}: failed work only",
+        f"replay: {replay}",
+        f"promote: {selected.matched:,} quarantined records"
+        + (f" ({reasons})" if reasons else ""),
+        "keep: every checkpointed batch",
+    ]
+    if as_json and dry_run:
+        print_json({"plan": lines, "dry_run": True})
+        return
+    if not as_json:
+        for line in lines:
+            click.echo(line)
+    if dry_run:
+        return
+    if not reason.strip():
+        raise ControlRefused(
+            "a rerun needs a reason: pass --reason TEXT saying why the work is redone"
+        )
+    if not selected.matched and not (unfinished and view.consumer is None):
+        raise ControlRefused(
+            f"run {view.run_id} has no failed work: nothing to replay and "
+            "nothing pending in quarantine"
+        )
+
+    # The failed batch and after, as `ledger resume` would.
+    if unfinished and view.consumer is None:
+        job, input_path, params = prepare_resume(view, max_quarantine_ratio)
+        execute(
+            location, job, view.job_ref, input_path, params, new_run=False,
+            show_progress=not no_progress, as_json=as_json, run_id=view.run_id,
+        )  # fmt: skip
+
+    # Then the quarantined records, exactly those counted above.
+    if not selected.matched:
+        return
+    done = promote_records(
+        location, by=operator(as_name), reason=reason, run_ref=view.run_id,
+        quarantine_ids=selected.quarantine_ids, open_messages=open_messages,
+    )  # fmt: skip
+    if as_json:
+        print_json(done.as_dict())
+    else:
+        for item in done.results:
+            click.echo(item["message"])
+        click.echo(done.message)
+        for skipped in done.skipped:
+            click.echo(f"left pending {skipped['quarantine_id'][:8]}: {skipped['why']}")
+    if done.skipped:
+        sys.exit(2)
+    if any(item["outcome"] == FAILED for item in done.results):
+        click.echo(
+            f"some promotions failed; they stay pending: `ledger quarantine list "
+            f"--run {short}`",
+            err=True,
+        )
+        sys.exit(1)

@@ -150,3 +150,46 @@ def test_an_idle_consumer_keeps_its_run_past_its_lease(
     finally:
         consumer.process.terminate()
         consumer.wait(timeout=60)
+
+
+def test_rerun_failed_only_promotes_a_stopped_consumers_quarantine(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    require_broker()
+    topic, group = new_names("failed-only")
+    create_topic(topic, 2)
+    flaky_ones = (5, 17)
+    produce(
+        topic,
+        [
+            {"n": n, **({"poison": "flaky"} if n in flaky_ones else {})}
+            for n in range(30)
+        ],
+        2,
+    )
+    flaky = tmp_path / "flaky"
+    flaky.touch()
+    sink = tmp_path / "sink.sqlite"
+    env = {**TIMING, "STREAM_FLAKY_FILE": str(flaky)}
+    consumer = ConsumerProcess(
+        url=postgres_url, topic=topic, group=group, sink=sink, member="fo",
+        folder=tmp_path, until_idle=1.5, env=env,
+    )  # fmt: skip
+    assert consumer.wait(timeout=120) == 0, consumer.tail()
+    assert len(sink_rows(sink)) == 28
+    run_id = str(_run(postgres_url, tmp_path)["run_id"])
+
+    # The cause gone, only the quarantined messages go through again.
+    flaky.unlink()
+    before = _events(postgres_url, run_id)
+    done = ledger_command(
+        ["rerun", run_id, "--failed-only", "--reason", "flaky dependency fixed"],
+        url=postgres_url, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "replay: the consumer's partitions go on from its positions" in done.stdout
+    assert "promote: 2 quarantined records (2 handler-error)" in done.stdout
+    assert _events(postgres_url, run_id)[len(before) :] == ["RecordPromoted"] * 2
+    rows = sink_rows(sink)
+    assert len(rows) == 30
+    assert len({(part, offset) for part, offset, _, _ in rows}) == 30

@@ -170,3 +170,65 @@ def test_rerun_from_a_batch_redoes_only_that_batch_on(
         assert refused.returncode == 2, point
         assert expected in refused.stderr, refused.stderr
     assert _events(ledger_url, run_id) == before
+
+
+def test_rerun_failed_only_replays_the_failed_batch_and_promotes_the_quarantine(
+    tmp_path: Path, ledger_url: str
+) -> None:
+    numbers = write_numbers(tmp_path / "n.txt", 25, bad=(3, 12))
+    marker, lenient = tmp_path / "fail", tmp_path / "lenient"
+    marker.touch()
+    output = tmp_path / "out.sqlite"
+    failed = ledger_command(
+        ["run", str(NUMBERS_JOB), "--input", str(numbers), "--batch-size", "5",
+         "--param", f"output={output}", "--param", f"fail_marker={marker}",
+         "--param", "fail_batch=2", "--param", f"lenient_marker={lenient}"],
+        url=ledger_url, cwd=tmp_path,
+    )  # fmt: skip
+    assert failed.returncode == 1, failed.stderr
+    run_id = _latest_run(ledger_url, tmp_path)
+    marker.unlink()
+    before = _events(ledger_url, run_id)
+
+    # The plan, and a dry run records nothing.
+    plan = ledger_command(
+        ["rerun", run_id, "--failed-only", "--dry-run"], url=ledger_url, cwd=tmp_path
+    )
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.splitlines() == [
+        f"rerun of run {run_id}: failed work only",
+        "replay: from step store, batch 2, from row 12 (source position: line 11)",
+        "promote: 2 quarantined records (2 not_a_number)",
+        "keep: every checkpointed batch",
+    ]
+    assert _events(ledger_url, run_id) == before
+
+    # The cause is fixed; replay the failed work only.
+    lenient.touch()
+    done = ledger_command(
+        ["rerun", run_id, "--failed-only", "--reason", "parser fixed",
+         "--no-progress"],
+        url=ledger_url, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("written by step store") == 2
+
+    # Nothing checkpointed was done again: the new attempt began at the
+    # failed batch of store; double was not read again.
+    events = _events(ledger_url, run_id)
+    again = events[len(before) :]
+    started = [f["step"] for name, f in again if name == "BatchStarted"]
+    assert set(started) == {"store"}
+    assert [name for name, _ in again].count("RecordPromoted") == 2
+    with sqlite3.connect(output) as db:
+        lines = [row[0] for row in db.execute("SELECT line FROM result ORDER BY 1")]
+    assert lines == list(range(1, 26))
+
+    # Nothing failed is left: a second call is refused and records nothing.
+    twice = ledger_command(
+        ["rerun", run_id, "--failed-only", "--reason", "again"],
+        url=ledger_url, cwd=tmp_path,
+    )  # fmt: skip
+    assert twice.returncode == 2
+    assert "has no failed work" in twice.stderr
+    assert _events(ledger_url, run_id) == events
