@@ -193,3 +193,16 @@ def test_rerun_failed_only_promotes_a_stopped_consumers_quarantine(
     rows = sink_rows(sink)
     assert len(rows) == 30
     assert len({(part, offset) for part, offset, _, _ in rows}) == 30
+
+    # A consumer's positions never move back: a rerun from a point is
+    # refused, and records nothing.
+    before = _events(postgres_url, run_id)
+    refused = ledger_command(
+        ["rerun", run_id, "--from", "batch:0", "--reason", "again"],
+        url=postgres_url, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "is a Kafka consumer's run: its positions never move back" in (
+        refused.stderr
+    )
+    assert _events(postgres_url, run_id) == before
