@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ledger.cli_support import location_of, print_json
+from ledger.cli_support import as_option, location_of, print_json
 
 if TYPE_CHECKING:
     from ledger.operations import ControlResult
@@ -21,13 +21,7 @@ __all__ = ["abandon_cmd", "pause_cmd"]
     required=True,
     help="Why the run's worker will never return (recorded with the run).",
 )
-@click.option(
-    "--as",
-    "as_name",
-    default=None,
-    metavar="NAME",
-    help="Who decides (default: LEDGER_OPERATOR, else user@host).",
-)
+@as_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def abandon_cmd(
@@ -46,13 +40,7 @@ def abandon_cmd(
 @click.option(
     "--reason", required=True, help="Why the run must wait (recorded with the run)."
 )
-@click.option(
-    "--as",
-    "as_name",
-    default=None,
-    metavar="NAME",
-    help="Who decides (default: LEDGER_OPERATOR, else user@host).",
-)
+@as_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def pause_cmd(

@@ -17,15 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ledger.cli_support import location_of, print_json
+from ledger.cli_quarantine import bulk_filters
+from ledger.cli_support import as_option, location_of, print_json
 from ledger.errors import LedgerError
 
 if TYPE_CHECKING:
     from ledger.operations import BulkResult
     from ledger.promotion import Promoter
+    from ledger.promotions import BulkPromotion
     from projections.views import RunView
 
-__all__ = ["PromotionNotConfirmed", "promote_cmd", "open_messages"]
+__all__ = ["PromotionNotConfirmed", "open_messages", "promote_cmd"]
 
 
 class PromotionNotConfirmed(LedgerError):
@@ -49,52 +51,13 @@ def open_messages(view: RunView, bootstrap_servers: str | None) -> Promoter:
 
 @click.command("promote")
 @click.argument("quarantine_ref", metavar="[ID]", required=False)
-@click.option(
-    "--all",
-    "every",
-    is_flag=True,
-    help="Promote every pending record that matches the filters below.",
-)
-@click.option("--job", default=None, help="With --all: only this job's records.")
-@click.option(
-    "--run",
-    "run_ref",
-    default=None,
-    metavar="RUN",
-    help="With --all: only this run's records (an id or a unique prefix).",
-)
-@click.option(
-    "--reason-is",
-    "quarantine_reason",
-    default=None,
-    metavar="REASON",
-    help="With --all: only records quarantined for this reason.",
-)
-@click.option(
-    "--since",
-    default=None,
-    metavar="TIME",
-    help="With --all: quarantined at or after TIME (ISO 8601, UTC unless an "
-    "offset is given, or an age: 30m, 2h, 3d).",
-)
-@click.option(
-    "--until",
-    default=None,
-    metavar="TIME",
-    help="With --all: quarantined at or before TIME.",
-)
+@bulk_filters("Promote")
 @click.option(
     "--reason",
     default="",
     help="Why the records are promoted (recorded; default 'promoted').",
 )
-@click.option(
-    "--as",
-    "as_name",
-    default=None,
-    metavar="NAME",
-    help="Who decides (default: LEDGER_OPERATOR, else user@host).",
-)
+@as_option
 @click.option(
     "--bootstrap-servers",
     envvar="KAFKA_BOOTSTRAP_SERVERS",
@@ -185,6 +148,14 @@ def promote_cmd(
         location, by=by, reason=reason, quarantine_ids=selected.quarantine_ids,
         bootstrap_servers=bootstrap_servers, open_messages=open_messages, **query,
     )  # fmt: skip
+    show_bulk_promotion(done, as_json=as_json)
+
+
+def show_bulk_promotion(done: BulkPromotion, *, as_json: bool) -> None:
+    """Each promotion's outcome, then the tally; refusals say so with exit
+    code 2, failures of the job's code with 1."""
+    from ledger.quarantine import FAILED
+
     if as_json:
         print_json(done.as_dict())
     else:
@@ -193,8 +164,6 @@ def promote_cmd(
         click.echo(done.message)
         for skipped in done.skipped:
             click.echo(f"left pending {skipped['quarantine_id'][:8]}: {skipped['why']}")
-
-    # Refusals say so with the exit code; so do failures of the job's code.
     if done.skipped:
         sys.exit(2)
     if any(item["outcome"] == FAILED for item in done.results):

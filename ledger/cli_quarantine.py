@@ -8,19 +8,22 @@ why, through the same service functions as the HTTP API.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
-from ledger.cli_support import location_of, print_json
+from ledger.cli_support import as_option, location_of, print_json
 from ledger.errors import LedgerError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
     from ledger.operations import BulkResult
     from projections.quarantine import QuarantinedRecord
 
-__all__ = ["ConfirmationNeeded", "discard_cmd", "show_cmd"]
+__all__ = ["ConfirmationNeeded", "bulk_filters", "discard_cmd", "show_cmd"]
 
 
 class ConfirmationNeeded(LedgerError):
@@ -111,54 +114,65 @@ def _time(value: str | None) -> str:
     return f"{value[:19].replace('T', ' ')} UTC" if value else ""
 
 
+def bulk_filters(verb: str) -> Callable[[F], F]:
+    """`--all` and the filters that choose the records a bulk decision
+    acts on; shared by every decision about quarantined records."""
+    options = (
+        click.option(
+            "--all",
+            "every",
+            is_flag=True,
+            help=f"{verb} every pending record that matches the filters below.",
+        ),
+        click.option(
+            "--job", default=None, help="With --all: only this job's records."
+        ),
+        click.option(
+            "--run",
+            "run_ref",
+            default=None,
+            metavar="RUN",
+            help="With --all: only this run's records (an id or a unique prefix).",
+        ),
+        click.option(
+            "--reason-is",
+            "quarantine_reason",
+            default=None,
+            metavar="REASON",
+            help="With --all: only records quarantined for this reason.",
+        ),
+        click.option(
+            "--since",
+            default=None,
+            metavar="TIME",
+            help="With --all: quarantined at or after TIME (ISO 8601, UTC unless "
+            "an offset is given, or an age: 30m, 2h, 3d).",
+        ),
+        click.option(
+            "--until",
+            default=None,
+            metavar="TIME",
+            help="With --all: quarantined at or before TIME.",
+        ),
+    )
+
+    def decorate(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @click.command("discard")
 @click.argument("quarantine_ref", metavar="[ID]", required=False)
-@click.option(
-    "--all",
-    "every",
-    is_flag=True,
-    help="Discard every pending record that matches the filters below.",
-)
-@click.option("--job", default=None, help="With --all: only this job's records.")
-@click.option(
-    "--run",
-    "run_ref",
-    default=None,
-    metavar="RUN",
-    help="With --all: only this run's records (an id or a unique prefix).",
-)
-@click.option(
-    "--reason-is",
-    "quarantine_reason",
-    default=None,
-    metavar="REASON",
-    help="With --all: only records quarantined for this reason.",
-)
-@click.option(
-    "--since",
-    default=None,
-    metavar="TIME",
-    help="With --all: quarantined at or after TIME (ISO 8601, UTC unless an "
-    "offset is given, or an age: 30m, 2h, 3d).",
-)
-@click.option(
-    "--until",
-    default=None,
-    metavar="TIME",
-    help="With --all: quarantined at or before TIME.",
-)
+@bulk_filters("Discard")
 @click.option(
     "--reason",
     default=None,
     help="Why the records will never be processed (recorded with each).",
 )
-@click.option(
-    "--as",
-    "as_name",
-    default=None,
-    metavar="NAME",
-    help="Who decides (default: LEDGER_OPERATOR, else user@host).",
-)
+@as_option
 @click.option("--yes", is_flag=True, help="With --all: do not ask to confirm.")
 @click.option(
     "--dry-run", is_flag=True, help="With --all: only count what would be discarded."

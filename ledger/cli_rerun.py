@@ -8,13 +8,12 @@ that would build on lost output is refused.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from ledger.cli_run import execute, prepare_resume
-from ledger.cli_support import location_of, print_json
+from ledger.cli_support import as_option, location_of, print_json
 from ledger.controls import ControlRefused
 from ledger.errors import LedgerError, OutputLost
 from ledger.job import InputVersion, Job, RunContext
@@ -43,13 +42,7 @@ __all__ = ["rerun"]
     "and promote the run's quarantined records; nothing that completed.",
 )
 @click.option("--reason", default="", help="Why the work is redone (recorded).")
-@click.option(
-    "--as",
-    "as_name",
-    default=None,
-    metavar="NAME",
-    help="Who decides (default: LEDGER_OPERATOR, else user@host).",
-)
+@as_option
 @click.option(
     "--max-quarantine-ratio",
     type=click.FloatRange(0, 1),
@@ -184,7 +177,7 @@ def replay_failed(
     """`rerun --failed-only`: the failed batch and what was never done after
     it (the run's resume point), then every pending quarantined record
     through the job's own code; nothing checkpointed is done again."""
-    from ledger.cli_promote import open_messages
+    from ledger.cli_promote import open_messages, show_bulk_promotion
     from ledger.controls import operator
     from ledger.promotions import promote_records
     from ledger.quarantine import FAILED
@@ -247,20 +240,10 @@ def replay_failed(
         location, by=operator(as_name), reason=reason, run_ref=view.run_id,
         quarantine_ids=selected.quarantine_ids, open_messages=open_messages,
     )  # fmt: skip
-    if as_json:
-        print_json(done.as_dict())
-    else:
-        for item in done.results:
-            click.echo(item["message"])
-        click.echo(done.message)
-        for skipped in done.skipped:
-            click.echo(f"left pending {skipped['quarantine_id'][:8]}: {skipped['why']}")
-    if done.skipped:
-        sys.exit(2)
     if any(item["outcome"] == FAILED for item in done.results):
         click.echo(
             f"some promotions failed; they stay pending: `ledger quarantine list "
             f"--run {short}`",
             err=True,
         )
-        sys.exit(1)
+    show_bulk_promotion(done, as_json=as_json)

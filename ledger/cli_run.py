@@ -19,8 +19,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ledger.cli_support import as_option, location_of, print_json
 from ledger.cli_support import console as make_console
-from ledger.cli_support import location_of, print_json
 from ledger.config import LedgerLocation
 from ledger.errors import InputError, LedgerError
 from ledger.job import Job
@@ -271,13 +271,7 @@ def run(
     default="",
     help="Why, when this lifts an operator's pause (recorded with the run).",
 )
-@click.option(
-    "--as",
-    "as_name",
-    default=None,
-    metavar="NAME",
-    help="Who decides (default: LEDGER_OPERATOR, else user@host).",
-)
+@as_option
 @_output_options
 @click.pass_context
 def resume(

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from ledger.config import LedgerLocation
 
-__all__ = ["console", "location_of", "print_json"]
+__all__ = ["as_option", "console", "location_of", "print_json"]
 
 # Tables piped to a file or a pager are not squeezed to 80 columns.
 _PIPED_WIDTH = 200
@@ -30,3 +30,13 @@ def location_of(ctx: click.Context) -> LedgerLocation:
 
 def print_json(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+# Who decides a control: recorded with it.
+as_option = click.option(
+    "--as",
+    "as_name",
+    default=None,
+    metavar="NAME",
+    help="Who decides (default: LEDGER_OPERATOR, else user@host).",
+)

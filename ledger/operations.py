@@ -37,6 +37,7 @@ __all__ = [
     "pause_run",
     "plan_rerun_of",
     "rerun_run",
+    "select_pending_records",
     "show_record",
 ]
 
@@ -273,32 +274,17 @@ def discard_records(
     on: records quarantined after it was shown are left pending.
     """
     from ledger.controls import ControlRefused
-    from ledger.times import parse_moment
-    from projections.access import catch_up_quietly, read
-    from projections.quarantine import select_pending
-    from projections.views import find_run
+    from projections.access import catch_up_quietly
 
     if not dry_run and not reason.strip():
         raise ControlRefused(
             "a reason is required: pass --reason TEXT saying why the records "
             "will never be processed"
         )
-    after = parse_moment(since, label="since") if since else None
-    before = parse_moment(until, label="until") if until else None
-
     # The selection, from the read side, caught up first.
-    async def query(db: ReadDatabase) -> list[QuarantinedRecord]:
-        run_id = (await find_run(db, run_ref)).run_id if run_ref else None
-        return await select_pending(
-            db,
-            job=job,
-            run_id=run_id,
-            reason=quarantine_reason,
-            since=after,
-            until=before,
-        )
-
-    matched = read(location, query)
+    matched = select_pending_records(
+        location, job, run_ref, quarantine_reason, since, until
+    )
     if quarantine_ids is not None:
         wanted = set(quarantine_ids)
         matched = [record for record in matched if record.quarantine_id in wanted]
@@ -435,3 +421,35 @@ def rerun_run(
         "from there"
     )
     return ControlResult(run_id, "rerun", by, reason.strip(), message)
+
+
+def select_pending_records(
+    location: LedgerLocation,
+    job: str | None,
+    run_ref: str | None,
+    quarantine_reason: str | None,
+    since: str | None,
+    until: str | None,
+) -> list[QuarantinedRecord]:
+    """The pending records that match a bulk decision's filter, from the
+    read side, caught up first."""
+    from ledger.times import parse_moment
+    from projections.access import read
+    from projections.quarantine import select_pending
+    from projections.views import find_run
+
+    after = parse_moment(since, label="since") if since else None
+    before = parse_moment(until, label="until") if until else None
+
+    async def query(db: ReadDatabase) -> list[QuarantinedRecord]:
+        run_id = (await find_run(db, run_ref)).run_id if run_ref else None
+        return await select_pending(
+            db,
+            job=job,
+            run_id=run_id,
+            reason=quarantine_reason,
+            since=after,
+            until=before,
+        )
+
+    return read(location, query)

@@ -24,7 +24,12 @@ from uuid import UUID
 from ledger.config import LedgerLocation
 from ledger.controls import ControlRefused
 from ledger.errors import LedgerError
-from ledger.operations import BulkResult, RecordDecision, RunKeptChanging
+from ledger.operations import (
+    BulkResult,
+    RecordDecision,
+    RunKeptChanging,
+    select_pending_records,
+)
 from ledger.quarantine import FAILED, REJECTED, WRITTEN, outcome_words
 
 if TYPE_CHECKING:
@@ -32,7 +37,6 @@ if TYPE_CHECKING:
     from ledger.quarantine import PromotionResult
     from ledger.run import Run
     from ledger.store import Ledger
-    from projections.database import ReadDatabase
     from projections.quarantine import QuarantinedRecord
     from projections.views import RunView
 
@@ -120,7 +124,9 @@ def promote_records(
     """
     from projections.access import catch_up_quietly
 
-    matched = _select(location, job, run_ref, quarantine_reason, since, until)
+    matched = select_pending_records(
+        location, job, run_ref, quarantine_reason, since, until
+    )
     if quarantine_ids is not None:
         wanted = set(quarantine_ids)
         matched = [record for record in matched if record.quarantine_id in wanted]
@@ -189,37 +195,6 @@ def promote_records(
         message=message,
         results=[decision.as_dict() for decision in decisions],
     )
-
-
-def _select(
-    location: LedgerLocation,
-    job: str | None,
-    run_ref: str | None,
-    quarantine_reason: str | None,
-    since: str | None,
-    until: str | None,
-) -> list[QuarantinedRecord]:
-    """The pending records that match, from the read side, caught up."""
-    from ledger.times import parse_moment
-    from projections.access import read
-    from projections.quarantine import select_pending
-    from projections.views import find_run
-
-    after = parse_moment(since, label="since") if since else None
-    before = parse_moment(until, label="until") if until else None
-
-    async def query(db: ReadDatabase) -> list[QuarantinedRecord]:
-        run_id = (await find_run(db, run_ref)).run_id if run_ref else None
-        return await select_pending(
-            db,
-            job=job,
-            run_id=run_id,
-            reason=quarantine_reason,
-            since=after,
-            until=before,
-        )
-
-    return read(location, query)
 
 
 def _promote_in_run(
