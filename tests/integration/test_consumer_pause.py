@@ -9,9 +9,7 @@ ledger's positions and every message is handled once.
 from __future__ import annotations
 
 from pathlib import Path
-from uuid import UUID
 
-import orjson
 import pytest
 from conftest import ledger_command, wait_until
 from kafka_support import (
@@ -24,9 +22,7 @@ from kafka_support import (
     require_broker,
     sink_rows,
 )
-
-from ledger.config import parse_ledger_url
-from ledger.store import opened
+from ledger_support import event_names, run_statuses
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.postgres]
 
@@ -39,19 +35,6 @@ TIMING = {
     "STREAM_SLOW_MS": "2",
     "STREAM_BATCH": "100",
 }
-
-
-def _events(url: str, run_id: str) -> list[str]:
-    with opened(parse_ledger_url(url)) as ledger:
-        stored = ledger.repository.event_store.get(UUID(run_id))
-        return [type(event).__name__ for event in stored]
-
-
-def _run(url: str, cwd: Path) -> dict[str, object]:
-    shown = ledger_command(["status", "--json"], url=url, cwd=cwd)
-    assert shown.returncode == 0, shown.stderr
-    runs: list[dict[str, object]] = orjson.loads(shown.stdout)
-    return runs[0]
 
 
 def test_pause_holds_a_live_consumer_and_resume_lets_it_drain(
@@ -72,14 +55,14 @@ def test_pause_holds_a_live_consumer_and_resume_lets_it_drain(
             "a few checkpointed batches",
             90,
         )
-        run_id = str(_run(postgres_url, tmp_path)["run_id"])
+        run_id = str(run_statuses(postgres_url, tmp_path)[0]["run_id"])
         paused = ledger_command(
             ["pause", run_id[:8], "--reason", "sink migration", "--as", "dana"],
             url=postgres_url, cwd=tmp_path,
         )  # fmt: skip
         assert paused.returncode == 0, paused.stderr
         wait_until(
-            lambda: _run(postgres_url, tmp_path)["state"] == "paused",
+            lambda: run_statuses(postgres_url, tmp_path)[0]["state"] == "paused",
             "the consumer to pause",
             60,
         )
@@ -104,7 +87,7 @@ def test_pause_holds_a_live_consumer_and_resume_lets_it_drain(
             consumer.kill()
 
     # Nothing was begun while paused; then everything was handled once.
-    names = _events(postgres_url, run_id)
+    names = event_names(postgres_url, run_id)
     paused_at, lifted_at = names.index("WorkerPaused"), names.index("PauseLifted")
     assert "MessagesStarted" not in names[paused_at:lifted_at]
     assert names.count("AttemptStarted") == 1
@@ -134,16 +117,16 @@ def test_an_idle_consumer_keeps_its_run_past_its_lease(
             "the first messages to be checkpointed",
             90,
         )
-        run_id = str(_run(postgres_url, tmp_path)["run_id"])
+        run_id = str(run_statuses(postgres_url, tmp_path)[0]["run_id"])
 
         # Idle for three leases: the heartbeat keeps the run, so a second
         # process of the same member is still refused.
         wait_until(
-            lambda: _events(postgres_url, run_id).count("LeaseRenewed") >= 3,
+            lambda: event_names(postgres_url, run_id).count("LeaseRenewed") >= 3,
             "three heartbeats",
             60,
         )
-        assert _run(postgres_url, tmp_path)["state"] == "running"
+        assert run_statuses(postgres_url, tmp_path)[0]["state"] == "running"
         second = ConsumerProcess(**common, member="idle")
         assert second.wait(timeout=60) == 2, second.tail()
         assert "held by a live worker" in second.tail()
@@ -177,11 +160,11 @@ def test_rerun_failed_only_promotes_a_stopped_consumers_quarantine(
     )  # fmt: skip
     assert consumer.wait(timeout=120) == 0, consumer.tail()
     assert len(sink_rows(sink)) == 28
-    run_id = str(_run(postgres_url, tmp_path)["run_id"])
+    run_id = str(run_statuses(postgres_url, tmp_path)[0]["run_id"])
 
     # The cause gone, only the quarantined messages go through again.
     flaky.unlink()
-    before = _events(postgres_url, run_id)
+    before = event_names(postgres_url, run_id)
     done = ledger_command(
         ["rerun", run_id, "--failed-only", "--reason", "flaky dependency fixed"],
         url=postgres_url, cwd=tmp_path, env=env,
@@ -189,14 +172,14 @@ def test_rerun_failed_only_promotes_a_stopped_consumers_quarantine(
     assert done.returncode == 0, done.stderr
     assert "replay: the consumer's partitions go on from its positions" in done.stdout
     assert "promote: 2 quarantined records (2 handler-error)" in done.stdout
-    assert _events(postgres_url, run_id)[len(before) :] == ["RecordPromoted"] * 2
+    assert event_names(postgres_url, run_id)[len(before) :] == ["RecordPromoted"] * 2
     rows = sink_rows(sink)
     assert len(rows) == 30
     assert len({(part, offset) for part, offset, _, _ in rows}) == 30
 
     # A consumer's positions never move back: a rerun from a point is
     # refused, and records nothing.
-    before = _events(postgres_url, run_id)
+    before = event_names(postgres_url, run_id)
     refused = ledger_command(
         ["rerun", run_id, "--from", "batch:0", "--reason", "again"],
         url=postgres_url, cwd=tmp_path, env=env,
@@ -205,4 +188,4 @@ def test_rerun_failed_only_promotes_a_stopped_consumers_quarantine(
     assert "is a Kafka consumer's run: its positions never move back" in (
         refused.stderr
     )
-    assert _events(postgres_url, run_id) == before
+    assert event_names(postgres_url, run_id) == before

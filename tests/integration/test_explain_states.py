@@ -23,6 +23,7 @@ from conftest import (
     wait_until,
     write_numbers,
 )
+from ledger_support import latest_run_id
 
 from ledger.config import parse_ledger_url
 from ledger.operations import rerun_run
@@ -43,12 +44,6 @@ def _explain(url: str, cwd: Path, run_id: str) -> str:
     return sentence
 
 
-def _latest(url: str, cwd: Path) -> str:
-    shown = ledger_command(["status", "--json"], url=url, cwd=cwd)
-    assert shown.returncode == 0, shown.stderr
-    return str(orjson.loads(shown.stdout)[0]["run_id"])
-
-
 def _failed_numbers_run(tmp_path: Path, url: str) -> str:
     numbers = write_numbers(tmp_path / "n.txt", 100, bad=(7,))
     marker = tmp_path / "fail"
@@ -61,7 +56,7 @@ def _failed_numbers_run(tmp_path: Path, url: str) -> str:
     )  # fmt: skip
     assert failed.returncode == 1, failed.stderr
     marker.unlink()
-    return _latest(url, tmp_path)
+    return latest_run_id(url, tmp_path)
 
 
 def test_completed_with_quarantined_records_pending(
@@ -73,7 +68,7 @@ def test_completed_with_quarantined_records_pending(
         url=postgres_url, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    run = _latest(postgres_url, tmp_path)[:8]
+    run = latest_run_id(postgres_url, tmp_path)[:8]
     assert _explain(postgres_url, tmp_path, run) == (
         f"Run {run} of flights-import completed on attempt 1: all 3 steps done, "
         "2,980 records written by load, 20 records quarantined (18 incomplete, 2 "

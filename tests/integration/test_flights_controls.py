@@ -12,31 +12,13 @@ import os
 import sqlite3
 import subprocess
 from pathlib import Path
-from uuid import UUID
 
 import orjson
 import pytest
 from conftest import FLIGHTS_JOB, LEDGER, ledger_command, make_flights_zip, wait_until
-
-from ledger.config import parse_ledger_url
-from ledger.store import opened
+from ledger_support import event_steps, run_statuses
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-def _events(url: str, run_id: str) -> list[tuple[str, str | None]]:
-    with opened(parse_ledger_url(url)) as ledger:
-        stored = ledger.repository.event_store.get(UUID(run_id))
-        return [(type(e).__name__, getattr(e, "step", None)) for e in stored]
-
-
-def _status(url: str, cwd: Path) -> list[dict[str, object]]:
-    shown = ledger_command(["status", "--json"], url=url, cwd=cwd)
-    if shown.returncode == 2 and "run a job first" in shown.stderr:
-        return []
-    assert shown.returncode == 0, shown.stderr
-    runs: list[dict[str, object]] = orjson.loads(shown.stdout)
-    return runs
 
 
 def _loaded(output: Path) -> int:
@@ -59,7 +41,7 @@ def test_pause_and_resume_a_live_flights_import(
     try:
 
         def checkpointed() -> str | None:
-            runs = _status(postgres_url, tmp_path)
+            runs = run_statuses(postgres_url, tmp_path)
             return (
                 str(runs[0]["run_id"]) if runs and runs[0]["last_checkpoint"] else None
             )
@@ -71,7 +53,7 @@ def test_pause_and_resume_a_live_flights_import(
         )  # fmt: skip
         assert paused.returncode == 0, paused.stderr
         wait_until(
-            lambda: _status(postgres_url, tmp_path)[0]["state"] == "paused",
+            lambda: run_statuses(postgres_url, tmp_path)[0]["state"] == "paused",
             "the flights worker to pause",
             120,
         )
@@ -89,7 +71,7 @@ def test_pause_and_resume_a_live_flights_import(
             worker.kill()
 
     # One attempt, no batch begun while paused, every flight loaded once.
-    names = [name for name, _ in _events(postgres_url, run_id)]
+    names = [name for name, _ in event_steps(postgres_url, run_id)]
     paused_at, lifted_at = names.index("WorkerPaused"), names.index("PauseLifted")
     assert "BatchStarted" not in names[paused_at:lifted_at]
     assert names.count("AttemptStarted") == 1
@@ -113,7 +95,7 @@ def test_failed_only_and_abandon_on_a_failed_flights_import(
         url=postgres_url, cwd=tmp_path,
     )  # fmt: skip
     assert failed.returncode == 1, failed.stderr
-    run_id = str(_status(postgres_url, tmp_path)[0]["run_id"])
+    run_id = str(run_statuses(postgres_url, tmp_path)[0]["run_id"])
 
     # An operator abandons it (its worker will not come back), then replays
     # only the failed work: from enrich's failed batch on.
@@ -122,7 +104,7 @@ def test_failed_only_and_abandon_on_a_failed_flights_import(
         url=postgres_url, cwd=tmp_path,
     )  # fmt: skip
     assert abandoned.returncode == 0, abandoned.stderr
-    before = _events(postgres_url, run_id)
+    before = event_steps(postgres_url, run_id)
     done = ledger_command(
         ["rerun", run_id, "--failed-only", "--reason", "incomplete flights "
          "reviewed", "--as", "hal", "--max-quarantine-ratio", "1", "--no-progress"],
@@ -133,7 +115,7 @@ def test_failed_only_and_abandon_on_a_failed_flights_import(
     assert "promote: 0 quarantined records" in done.stdout
 
     # Extract was not read again; enrich and load were done once.
-    again = _events(postgres_url, run_id)[len(before) :]
+    again = event_steps(postgres_url, run_id)[len(before) :]
     assert {step for name, step in again if name == "BatchStarted"} == {
         "enrich",
         "load",

@@ -13,13 +13,10 @@ import sqlite3
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
-from uuid import UUID
 
 import orjson
 from conftest import LEDGER, ledger_command, wait_until, write_numbers
-
-from ledger.config import parse_ledger_url
-from ledger.store import opened
+from ledger_support import event_names, run_statuses
 
 NUMBERS_JOB = Path(__file__).parents[1] / "jobs" / "numbers.py"
 
@@ -39,27 +36,9 @@ def _start_worker(
     )  # fmt: skip
 
 
-def _status(url: str, cwd: Path) -> list[dict[str, object]]:
-    shown = ledger_command(["status", "--json"], url=url, cwd=cwd)
-    if shown.returncode == 2 and "run a job first" in shown.stderr:
-        return []
-    assert shown.returncode == 0, shown.stderr
-    runs: list[dict[str, object]] = orjson.loads(shown.stdout)
-    return runs
-
-
 def _state(url: str, cwd: Path) -> str:
-    runs = _status(url, cwd)
+    runs = run_statuses(url, cwd)
     return str(runs[0]["state"]) if runs else ""
-
-
-def _event_names(url: str, run_id: str, *, heartbeats: bool = True) -> list[str]:
-    """The run's stored events, by name; without the heartbeats of a live
-    worker when `heartbeats` is False."""
-    with opened(parse_ledger_url(url)) as ledger:
-        events = ledger.repository.event_store.get(UUID(run_id))
-        names = [type(event).__name__ for event in events]
-    return [n for n in names if heartbeats or n != "LeaseRenewed"]
 
 
 def _stored_rows(tmp_path: Path) -> list[int]:
@@ -80,7 +59,7 @@ def test_pause_stops_a_live_worker_at_a_batch_boundary_and_resume_lets_it_go_on(
     worker = _start_worker(tmp_path, ledger_url, numbers, "--param", "record_ms=10")
     try:
         wait_until(lambda: _state(ledger_url, tmp_path) == "running", "a running run")
-        run_id = str(_status(ledger_url, tmp_path)[0]["run_id"])
+        run_id = str(run_statuses(ledger_url, tmp_path)[0]["run_id"])
 
         # The operator pauses it; the worker stops at its next boundary.
         paused = ledger_command(
@@ -100,7 +79,7 @@ def test_pause_stops_a_live_worker_at_a_batch_boundary_and_resume_lets_it_go_on(
 
         # While paused, no other worker may start it, and it cannot be
         # paused twice; neither appends anything.
-        before = _event_names(ledger_url, run_id, heartbeats=False)
+        before = event_names(ledger_url, run_id, heartbeats=False)
         other = ledger_command(
             ["run", str(NUMBERS_JOB), "--input", str(numbers), "--batch-size", "10",
              "--param", f"output={tmp_path / 'out.sqlite'}",
@@ -115,7 +94,7 @@ def test_pause_stops_a_live_worker_at_a_batch_boundary_and_resume_lets_it_go_on(
         )
         assert twice.returncode == 2
         assert "already paused by alice" in twice.stderr
-        assert _event_names(ledger_url, run_id, heartbeats=False) == before
+        assert event_names(ledger_url, run_id, heartbeats=False) == before
 
         # Resume: the same worker goes on from where it stopped.
         resumed = ledger_command(
@@ -132,7 +111,7 @@ def test_pause_stops_a_live_worker_at_a_batch_boundary_and_resume_lets_it_go_on(
             worker.kill()
 
     # One attempt did all the work; nothing was begun while paused.
-    names = _event_names(ledger_url, run_id)
+    names = event_names(ledger_url, run_id)
     paused_at = names.index("WorkerPaused")
     lifted_at = names.index("PauseLifted")
     assert names.index("PauseRequested") < paused_at < lifted_at
@@ -162,7 +141,7 @@ def test_a_run_without_a_worker_is_paused_at_once_and_resume_starts_it(
         url=ledger_url, cwd=tmp_path,
     )  # fmt: skip
     assert failed.returncode == 1
-    run_id = str(_status(ledger_url, tmp_path)[0]["run_id"])
+    run_id = str(run_statuses(ledger_url, tmp_path)[0]["run_id"])
     marker.unlink()
 
     paused = ledger_command(
@@ -189,7 +168,7 @@ def test_a_run_without_a_worker_is_paused_at_once_and_resume_starts_it(
     assert _stored_rows(tmp_path) == list(range(1, 51))
 
     # Controls that make no sense now are refused, and append nothing.
-    before = _event_names(ledger_url, run_id)
+    before = event_names(ledger_url, run_id)
     for args, expected in (
         (["pause", run_id, "--reason", "late"], "is completed"),
         (["resume", run_id], "already completed"),
@@ -198,7 +177,7 @@ def test_a_run_without_a_worker_is_paused_at_once_and_resume_starts_it(
         refused = ledger_command(args, url=ledger_url, cwd=tmp_path)
         assert refused.returncode == 2, args
         assert expected in refused.stderr, refused.stderr
-    assert _event_names(ledger_url, run_id) == before
+    assert event_names(ledger_url, run_id) == before
 
 
 def test_a_heartbeat_keeps_a_slow_worker_its_run(
@@ -214,12 +193,12 @@ def test_a_heartbeat_keeps_a_slow_worker_its_run(
         # Its first batch of `store` holds far longer than the 2 s lease.
         wait_until(
             lambda: (
-                _status(ledger_url, tmp_path)
-                and _status(ledger_url, tmp_path)[0]["current_step"] == "store"
+                run_statuses(ledger_url, tmp_path)
+                and run_statuses(ledger_url, tmp_path)[0]["current_step"] == "store"
             ),
             "the worker to hold a batch of store",
         )
-        run_id = str(_status(ledger_url, tmp_path)[0]["run_id"])
+        run_id = str(run_statuses(ledger_url, tmp_path)[0]["run_id"])
         held_since = datetime.now(UTC).timestamp()
 
         # Three leases later it still holds the run, thanks to heartbeats.
@@ -229,7 +208,7 @@ def test_a_heartbeat_keeps_a_slow_worker_its_run(
             return datetime.now(UTC).timestamp() > held_since + 6
 
         wait_until(still_held_after_three_leases, "three leases to pass", 30)
-        assert "LeaseRenewed" in _event_names(ledger_url, run_id)
+        assert "LeaseRenewed" in event_names(ledger_url, run_id)
         taken = ledger_command(
             ["resume", run_id], url=ledger_url, cwd=tmp_path, env=LEASE
         )
@@ -253,12 +232,12 @@ def test_a_frozen_worker_loses_its_lease_and_its_late_appends_are_refused(
     try:
         wait_until(
             lambda: (
-                _status(ledger_url, tmp_path)
-                and _status(ledger_url, tmp_path)[0]["current_step"] == "store"
+                run_statuses(ledger_url, tmp_path)
+                and run_statuses(ledger_url, tmp_path)[0]["current_step"] == "store"
             ),
             "the worker to hold a batch of store",
         )
-        run_id = str(_status(ledger_url, tmp_path)[0]["run_id"])
+        run_id = str(run_statuses(ledger_url, tmp_path)[0]["run_id"])
 
         # The node is lost: the worker lives, but renews nothing.
         worker.send_signal(signal.SIGSTOP)
@@ -294,7 +273,7 @@ def test_a_frozen_worker_loses_its_lease_and_its_late_appends_are_refused(
     # The old worker woke up: its late appends were refused and recorded.
     assert worker.returncode == 2, err
     assert "was taken over by attempt 2" in err or "superseded" in err, err
-    names = _event_names(ledger_url, run_id)
+    names = event_names(ledger_url, run_id)
     assert names.count("AppendsRefused") == 1
     assert names.index("AppendsRefused") > names.index("RunCompleted")
     assert names.count("RunCompleted") == 1

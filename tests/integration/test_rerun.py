@@ -6,28 +6,20 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from uuid import UUID
 
 import orjson
 from conftest import FLIGHTS_JOB, ledger_command, make_flights_zip, write_numbers
-
-from ledger.config import parse_ledger_url
-from ledger.store import opened
+from ledger_support import latest_run_id, run_events
 
 NUMBERS_JOB = Path(__file__).parents[1] / "jobs" / "numbers.py"
 
 
 def _events(url: str, run_id: str) -> list[tuple[str, dict[str, object]]]:
     """The run's stored events: name and the fields the tests look at."""
-    with opened(parse_ledger_url(url)) as ledger:
-        stored = ledger.repository.event_store.get(UUID(run_id))
-        return [(type(e).__name__, {"step": getattr(e, "step", None)}) for e in stored]
-
-
-def _latest_run(url: str, cwd: Path) -> str:
-    shown = ledger_command(["status", "--json"], url=url, cwd=cwd)
-    assert shown.returncode == 0, shown.stderr
-    return str(orjson.loads(shown.stdout)[0]["run_id"])
+    return [
+        (type(e).__name__, {"step": getattr(e, "step", None)})
+        for e in run_events(url, run_id)
+    ]
 
 
 def test_rerun_a_failed_flights_run_from_a_step_keeps_the_steps_before_it(
@@ -43,7 +35,7 @@ def test_rerun_a_failed_flights_run_from_a_step_keeps_the_steps_before_it(
         url=ledger_url, cwd=tmp_path,
     )  # fmt: skip
     assert failed.returncode == 1, failed.stderr
-    run_id = _latest_run(ledger_url, tmp_path)
+    run_id = latest_run_id(ledger_url, tmp_path)
 
     # The plan, and nothing recorded by a dry run.
     before = _events(ledger_url, run_id)
@@ -133,7 +125,7 @@ def test_rerun_from_a_batch_redoes_only_that_batch_on(
         url=ledger_url, cwd=tmp_path,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
-    run_id = _latest_run(ledger_url, tmp_path)
+    run_id = latest_run_id(ledger_url, tmp_path)
 
     # Batch 7 of the last step (`store`, where a completed run's batch:N
     # points) on: three batches again, nothing before them.
@@ -186,7 +178,7 @@ def test_rerun_failed_only_replays_the_failed_batch_and_promotes_the_quarantine(
         url=ledger_url, cwd=tmp_path,
     )  # fmt: skip
     assert failed.returncode == 1, failed.stderr
-    run_id = _latest_run(ledger_url, tmp_path)
+    run_id = latest_run_id(ledger_url, tmp_path)
     marker.unlink()
     before = _events(ledger_url, run_id)
 
