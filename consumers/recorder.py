@@ -362,10 +362,10 @@ class ConsumerRecorder:
     def pause_asked(self) -> bool:
         """Whether an operator asked this run to pause; reads only what was
         appended since this process last saw the run."""
-        run = self.current
-        newer = list(self.ledger.repository.event_store.get(run.id, gt=run.version))
-        if newer:
-            self.run = self._reload(time.monotonic() + OUTAGE_SECONDS)
+        current = self.current
+        self.run = _patiently(
+            lambda: self.ledger.refreshed(current), time.monotonic() + OUTAGE_SECONDS
+        )
         return self.current.paused is not None
 
     def acknowledge_pause(self) -> None:
@@ -374,7 +374,10 @@ class ConsumerRecorder:
     def still_paused(self) -> bool:
         """Whether the pause holds; Superseded once the attempt has ended
         (an operator abandoned the paused run, another worker took it)."""
-        self.run = self._reload(time.monotonic() + OUTAGE_SECONDS)
+        current = self.current
+        self.run = _patiently(
+            lambda: self.ledger.refreshed(current), time.monotonic() + OUTAGE_SECONDS
+        )
         if not self.run.attempt_open or self.run.attempt != self.attempt:
             raise Superseded(str(self.run.id), self.attempt, ended_by(self.run))
         return self.run.paused is not None

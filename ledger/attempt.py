@@ -146,6 +146,14 @@ def _reload(ledger: Ledger, run: Run) -> Run:
     return stored
 
 
+def _refreshed(ledger: Ledger, run: Run) -> Run:
+    try:
+        fresh: Run = ledger.refreshed(run)
+    except PersistenceError as error:
+        raise LedgerUnavailable("the ledger", str(error).splitlines()[0]) from error
+    return fresh
+
+
 def record_refusal(ledger: Ledger, run: Run, attempt: int, refused: list[str]) -> None:
     """Records that a late worker's appends were refused, best effort: the
     refusal stands whether or not this record makes it."""
@@ -389,7 +397,7 @@ class Attempt:
         self.progress.paused(paused.get("by", ""), paused.get("reason", ""))
         while True:
             time.sleep(PAUSE_POLL_SECONDS)
-            run = _reload(self.ledger, self.run)
+            run = _refreshed(self.ledger, self.run)
             if not run.attempt_open or run.attempt != self.attempt:
                 raise Superseded(str(run.id), self.attempt, ended_by(run))
             if run.paused is None:

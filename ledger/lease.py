@@ -38,6 +38,9 @@ class Heartbeat:
         self.seconds = seconds
         self.interval = max(0.2, seconds / 3)
 
+        # The heartbeat's own copy of the run, brought up to date each beat.
+        self._run: Run | None = None
+
         # Set once the attempt is no longer the run's open one: the worker
         # learns it on its next append anyway; this says why, sooner.
         self.lost = threading.Event()
@@ -70,7 +73,10 @@ class Heartbeat:
                 return
 
     def _beat(self) -> None:
-        run: Run = self.ledger.repository.get(self.run_id)
+        if self._run is None:
+            self._run = self.ledger.repository.get(self.run_id)
+        run: Run = self.ledger.refreshed(self._run)
+        self._run = run
         if not run.attempt_open or run.attempt != self.attempt:
             self.lost.set()
             return
@@ -84,6 +90,8 @@ class Heartbeat:
         try:
             self.ledger.save(run)
         except IntegrityError:
-            # The worker saved first, and renewed the lease with it.
+            # The worker saved first, and renewed the lease with it; the
+            # copy holds a renewal that never was: read it again next beat.
+            self._run = None
             return
         log.debug("lease.renewed", run_id=str(self.run_id), attempt=self.attempt)

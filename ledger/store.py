@@ -51,6 +51,16 @@ class Ledger(Application[UUID]):
     def construct_transcoder(self) -> Transcoder:
         return OrjsonTranscoder()
 
+    def refreshed(self, aggregate: Any) -> Any:
+        """The aggregate brought up to date with the events stored after its
+        version: a cheap read for a copy that is polled (a heartbeat, a
+        paused worker), where loading the whole stream each time would grow
+        with the run. The copy must hold no pending events."""
+        newer = self.repository.event_store.get(aggregate.id, gt=aggregate.version)
+        for event in newer:
+            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+        return aggregate
+
     def positions(self, prefix: str) -> dict[str, int]:
         """Source positions recorded under names that start with `prefix`."""
         recorder = self.recorder
