@@ -42,6 +42,7 @@ from consumers.quarantine_copy import copy_to_quarantine
 from consumers.recorder import Checkpointed, ConsumerRecorder
 from ledger import faults
 from ledger.attempt import PAUSE_POLL_SECONDS
+from ledger.controls import PausedAtBoundary
 from ledger.errors import JobFailed, LedgerError, LedgerUnavailable, Superseded
 from ledger.lease import Heartbeat
 from ledger.messages import CONSUME_STEP, partition_key
@@ -395,7 +396,11 @@ class LedgerConsumer:
                 for key, msgs in sorted(part.items())
             ]
             generation = self._generation
-            number = await self._call(recorder.start_batch, ranges)
+            try:
+                number = await self._call(recorder.start_batch, ranges)
+            except PausedAtBoundary:
+                self._set_aside(parts[index:])
+                return
             faults.enter_batch(CONSUME_STEP, number)
             handled = await self._call(
                 handle_batch,
@@ -432,6 +437,25 @@ class LedgerConsumer:
             )
             faults.hit("after_checkpoint")
             await self._after_checkpoint(number, handled, result)
+
+    def _set_aside(self, parts: list[dict[str, list[Message]]]) -> None:
+        """Gives back messages fetched but not begun, when a pause is found
+        at a batch boundary: each partition is read again from its first
+        such message once the pause is lifted."""
+        assigned = {_tp_key(tp): tp for tp in self.consumer.assignment()}
+        firsts: dict[str, int] = {}
+        for part in parts:
+            for key, messages in part.items():
+                if messages and key not in firsts:
+                    firsts[key] = messages[0].offset
+        for key, offset in firsts.items():
+            self._fetched.drop(key)
+            if key in assigned:
+                self.consumer.seek(assigned[key], offset)
+                self._fetched.expect(key, offset)
+
+        # The loop looks for the pause at once, and waits there.
+        self._next_pause_check = 0.0
 
     async def _read_past(
         self, part: dict[str, list[Message]], handled: Handled, later: set[str]

@@ -31,6 +31,7 @@ from eventsourcing.persistence import PersistenceError
 from consumers.batch import Handled, Poison
 from consumers.job import ConsumerContext, ConsumerJob
 from ledger.attempt import ended_by, preview_payload, record_refusal, save_run
+from ledger.controls import PausedAtBoundary
 from ledger.errors import LedgerUnavailable, RunHeld, Superseded
 from ledger.input_runs import InputRuns
 from ledger.messages import (
@@ -118,6 +119,9 @@ class ConsumerRecorder:
         self.attempt = 0
         self.events = 0
 
+        # How many pauses had been lifted when this consumer last paused.
+        self._lifts = 0
+
     @property
     def current(self) -> Run:
         if self.run is None:
@@ -187,9 +191,13 @@ class ConsumerRecorder:
         self._commit(lambda run: revoke_partitions(run, self.attempt, partitions))
 
     def start_batch(self, ranges: list[dict[str, Any]]) -> int:
-        self._commit(
-            lambda run: start_messages(run, self.attempt, ranges, lease_until())
-        )
+        def begin(run: Run) -> None:
+            # An operator's pause is honoured here, before the batch begins.
+            if run.paused is not None:
+                raise PausedAtBoundary
+            start_messages(run, self.attempt, ranges, lease_until())
+
+        self._commit(begin)
         return self.current.batches_done.get(CONSUME_STEP, 0)
 
     def checkpoint(
@@ -370,6 +378,7 @@ class ConsumerRecorder:
 
     def acknowledge_pause(self) -> None:
         self._commit(lambda run: run.acknowledge_pause(self.attempt))
+        self._lifts = self.current.pauses_lifted
 
     def still_paused(self) -> bool:
         """Whether the pause holds; Superseded once the attempt has ended
@@ -380,7 +389,10 @@ class ConsumerRecorder:
         )
         if not self.run.attempt_open or self.run.attempt != self.attempt:
             raise Superseded(str(self.run.id), self.attempt, ended_by(self.run))
-        return self.run.paused is not None
+
+        # Lifted, even if paused again since: the consumer goes on, and
+        # meets the new pause at its next boundary.
+        return self.run.pauses_lifted == self._lifts
 
     def _save(self) -> None:
         self.events += len(self.current.pending_events)

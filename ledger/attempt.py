@@ -28,6 +28,7 @@ import structlog
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from ledger import faults
+from ledger.controls import PausedAtBoundary
 from ledger.errors import JobFailed, LedgerUnavailable, OutputLost, Superseded
 from ledger.job import Record, Reject, Step
 from ledger.run import Run
@@ -322,7 +323,7 @@ class Attempt:
         # honoured here, at the boundary, before the batch is begun.
         def begin(run: Run) -> None:
             if run.paused is not None:
-                raise _PauseAtBoundary
+                raise PausedAtBoundary
             run.start_batch(
                 self.attempt, step.name, batch, chunk[0].number, lease_until()
             )
@@ -331,7 +332,7 @@ class Attempt:
             try:
                 self.commit(begin)
                 break
-            except _PauseAtBoundary:
+            except PausedAtBoundary:
                 self._wait_while_paused()
 
         # Handle each record; a rejected one waits for quarantine.
@@ -386,6 +387,7 @@ class Attempt:
         """Records that this worker paused, then waits, holding its lease
         (the heartbeat renews it), until the pause is lifted."""
         self.commit(lambda run: run.acknowledge_pause(self.attempt))
+        lifted = self.run.pauses_lifted
         paused = self.run.paused or {}
         log.info(
             "attempt.paused",
@@ -400,8 +402,11 @@ class Attempt:
             run = _refreshed(self.ledger, self.run)
             if not run.attempt_open or run.attempt != self.attempt:
                 raise Superseded(str(run.id), self.attempt, ended_by(run))
-            if run.paused is None:
-                self.run = run
+            self.run = run
+
+            # Lifted, even if paused again since: this worker goes on, and
+            # meets the new pause at its next boundary.
+            if run.pauses_lifted > lifted:
                 log.info("attempt.resumed", run_id=str(run.id), attempt=self.attempt)
                 return
 
@@ -420,10 +425,6 @@ class Attempt:
                 f"over max_quarantine_ratio {limit}; check that the input is "
                 "the file this job expects"
             )
-
-
-class _PauseAtBoundary(Exception):
-    """An operator's pause, found where a batch would begin."""
 
 
 class TooManyRejected(Exception):

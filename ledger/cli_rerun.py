@@ -88,7 +88,9 @@ def rerun(
     assert point is not None
     plan = plan_rerun_of(location, view.run_id, point)
     job, input_path, params = prepare_resume(view, max_quarantine_ratio)
-    _check_kept_output(job, view.run_id, view.input, params, plan)
+    _check_kept_output(
+        job, view.run_id, view.input, params, plan, completed=view.state == "completed"
+    )
 
     # The plan first: what is kept and what is redone.
     if as_json and dry_run:
@@ -126,6 +128,8 @@ def _check_kept_output(
     source: dict[str, Any],
     params: dict[str, Any],
     plan: RerunPlan,
+    *,
+    completed: bool,
 ) -> None:
     """Refuses a rerun whose kept work is no longer in the output."""
     from uuid import UUID
@@ -156,11 +160,15 @@ def _check_kept_output(
             except OutputLost as lost:
                 raise ControlRefused(
                     f"a rerun from {plan.point} keeps step {item.step}'s work, but "
-                    f"{lost}; rerun from an earlier point (the first step keeps "
-                    "nothing: --from step:" + plan.steps[0].step + ")"
+                    f"its output holds {lost.found:,} of the {lost.expected:,} "
+                    "records written (a completed run's staged work is gone by "
+                    "design); rerun from an earlier point (the first step keeps "
+                    f"nothing: --from step:{plan.steps[0].step})"
                 ) from None
     finally:
-        job.close(context, completed=False)
+        # Closed as the run stands, so that a job which cleans up after a
+        # completed run (staging files) does so again after this look.
+        job.close(context, completed=completed)
 
 
 def replay_failed(

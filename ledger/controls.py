@@ -24,6 +24,7 @@ __all__ = [
     "ControlRefused",
     "PauseLifted",
     "PauseRequested",
+    "PausedAtBoundary",
     "RunAbandoned",
     "abandon",
     "lift_pause",
@@ -34,6 +35,11 @@ __all__ = [
 
 class ControlRefused(LedgerError):
     """A control that makes no sense for the run as it stands."""
+
+
+class PausedAtBoundary(Exception):
+    """A worker about to begin a batch found an operator's pause in force:
+    it begins nothing and waits until the pause is lifted."""
 
 
 def operator(name: str | None = None) -> str:
@@ -76,11 +82,6 @@ def abandon(run: Run, by: str, reason: str) -> None:
         )
     if run.status == "completed":
         raise ControlRefused(f"run {run.id} is completed; there is nothing to abandon")
-    if run.paused is not None:
-        raise ControlRefused(
-            f"run {run.id} is paused by {run.paused['by']}; lift the pause with "
-            f"`ledger resume {str(run.id)[:8]}` first, or leave it paused"
-        )
     if run.status == "abandoned":
         raise ControlRefused(
             f"run {run.id} is already abandoned; `ledger resume {str(run.id)[:8]}` "
@@ -125,6 +126,7 @@ class PauseLifted(Aggregate.Event):
 
     def apply(self, run: Run) -> None:
         run.paused = None
+        run.pauses_lifted += 1
         run.status = self.state
 
 

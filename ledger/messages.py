@@ -177,13 +177,15 @@ class MessageQuarantined(Aggregate.Event):
     payload: Any
 
     def apply(self, run: Run) -> None:
+        # A replayed batch (a crash, a rerun) quarantines the record again
+        # under the same id: it is counted once, and a decision already
+        # taken about it stands.
+        if self.quarantine_id in run.quarantine_states:
+            return
+        run.quarantine_states[self.quarantine_id] = "pending"
         run.quarantined += 1
         by_reason = run.quarantined_by_reason
         by_reason[self.reason] = by_reason.get(self.reason, 0) + 1
-
-        # The same message quarantined again keeps its id (see
-        # message_quarantine_id); a decision already taken about it stands.
-        run.quarantine_states.setdefault(self.quarantine_id, "pending")
 
 
 class MessagesCheckpointed(Aggregate.Event):

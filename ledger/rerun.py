@@ -21,20 +21,36 @@ from typing import TYPE_CHECKING, Any
 
 from eventsourcing.domain import Aggregate
 
-from ledger.controls import ControlRefused
+from ledger.controls import ControlRefused, lift_pause
+from ledger.worker import current_worker, liveness
 
 if TYPE_CHECKING:
     from ledger.run import Run
 
-__all__ = ["RerunPlan", "RunRewound", "StepPlan", "parse_point", "plan_rerun", "rewind"]
+__all__ = [
+    "RerunPlan",
+    "RunRewound",
+    "StepPlan",
+    "parse_point",
+    "plan_rerun",
+    "require_at_rest",
+    "rewind",
+]
 
-_POINT = re.compile(r"^(?:step:(?P<step>[^/]+))?(?:/?batch:(?P<batch>-?\d+))?$")
+_POINT = re.compile(r"^(?:step:(?P<step>[^/]+))?(?:/?batch:(?P<batch>-?[0-9]{1,18}))?$")
+
+# Longer than any step name and batch number a job can have.
+_POINT_LIMIT = 300
 
 _POINT_HELP = "name it as step:NAME, batch:N or step:NAME/batch:N"
 
 
 def parse_point(text: str) -> tuple[str | None, int | None]:
     """The step and batch a `--from` value names; either may be None."""
+    if len(text) > _POINT_LIMIT:
+        raise ControlRefused(
+            f"the point is {len(text):,} characters long: {_POINT_HELP}"
+        )
     match = _POINT.match(text.strip())
     if not text.strip() or match is None or not any(match.groupdict().values()):
         raise ControlRefused(f"cannot read the point {text!r}: {_POINT_HELP}")
@@ -107,15 +123,33 @@ def _count(batches: int) -> str:
     return f"{batches} batch" if batches == 1 else f"{batches} batches"
 
 
+def require_at_rest(run: Run) -> str | None:
+    """Refuses a rerun of a run a live worker holds (paused or not).
+    Returns the evidence when the open attempt's worker is gone."""
+    short = str(run.id)[:8]
+    if not run.attempt_open:
+        return None
+    state = liveness(run.worker, run.lease_until)
+    if not state.alive:
+        return state.evidence
+    raise ControlRefused(
+        f"run {run.id} is running attempt {run.attempt} ({state.evidence}); pause "
+        f"it with `ledger pause {short} --reason TEXT` and let it finish, or wait "
+        "for it to end, before rerunning it"
+    )
+
+
 def plan_rerun(run: Run, step: str | None, batch: int | None) -> RerunPlan:
     """What rerunning from the point would keep and redo; refused when the
-    point does not exist in the run."""
+    point does not exist in the run, or the run is not at rest."""
     if run.partitions or run.input.get("kind") == "kafka":
         raise ControlRefused(
             f"run {run.id} is a Kafka consumer's run: its positions never move "
             "back, since they fence other consumers; reprocess messages by "
             "consuming them with a new group_id, or promote quarantined ones"
         )
+
+    require_at_rest(run)
 
     # The step: named, or the one the run is in, or its last.
     if step is None:
@@ -201,23 +235,22 @@ class RunRewound(Aggregate.Event):
 
 
 def rewind(run: Run, plan: RerunPlan, by: str, reason: str) -> None:
-    """Records the rerun decision; refused while the run is not at rest."""
-    short = str(run.id)[:8]
+    """Records the rerun decision; refused while a live worker holds the run.
+
+    An attempt left open by a dead worker is closed as crashed first, with
+    the evidence, as the next `ledger run` would; a pause is lifted.
+    """
     if not reason.strip():
         raise ControlRefused(
             "a rerun needs a reason: pass --reason TEXT saying why the work is redone"
         )
-    if run.attempt_open:
-        raise ControlRefused(
-            f"run {run.id} is running attempt {run.attempt}; pause it with "
-            f"`ledger pause {short} --reason TEXT` and wait for it to stop, or "
-            "let it end, before rerunning it"
-        )
+    gone = require_at_rest(run)
+    if gone is not None:
+        run.record_crash(gone, detected_by=current_worker())
+
+    # A pause holds the run until lifted; the rerun is that decision.
     if run.paused is not None:
-        raise ControlRefused(
-            f"run {run.id} is paused by {run.paused['by']}; `ledger resume {short}` "
-            "lifts the pause; rerun it once it is at rest"
-        )
+        lift_pause(run, by, f"rerun from {plan.point}")
 
     # The kept state, as the read side needs it after the rewind.
     index = run.steps.index(plan.step)

@@ -114,6 +114,7 @@ class Run(Aggregate):
         # An operator's pause (see ledger.controls): who asked and why, and
         # the status the run goes back to when it is lifted.
         self.paused: dict[str, Any] | None = None
+        self.pauses_lifted = 0
         self.status_before_pause = ""
         self.partitions: dict[str, int] = {}
         self.open_batch: dict[str, Any] | None = None
@@ -323,13 +324,15 @@ class Run(Aggregate):
         payload: Any
 
         def apply(self, run: Run) -> None:
+            # A replayed batch (a crash, a rerun) quarantines the record again
+            # under the same id: it is counted once, and a decision already
+            # taken about it stands.
+            if self.quarantine_id in run.quarantine_states:
+                return
+            run.quarantine_states[self.quarantine_id] = "pending"
             run.quarantined += 1
             by_reason = run.quarantined_by_reason
             by_reason[self.reason] = by_reason.get(self.reason, 0) + 1
-
-            # A replayed batch quarantines the record again under the same
-            # id; a decision already taken about it stands.
-            run.quarantine_states.setdefault(self.quarantine_id, "pending")
 
     def quarantine(
         self,

@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 import structlog
 
 from ledger.attempt import Attempt, NoProgress, ProgressSink, save_run
-from ledger.errors import InputError, LedgerError, RunHeld, RunPaused
+from ledger.errors import InputError, LedgerError, RunHeld, RunPaused, Superseded
 from ledger.input_runs import InputRuns, input_runs_id
 from ledger.inputs import (
     RUNTIME_PARAMETERS,
@@ -218,7 +218,14 @@ def claim_run(
     resumed_from = run.resume_point() if run.attempt else None
     attempt = run.start_attempt(me, lease_until())
     events = len(run.pending_events) + (len(index.pending_events) if index else 0)
-    save_run(ledger, run, attempt, index)
+    try:
+        save_run(ledger, run, attempt, index)
+    except Superseded:
+        # Another worker claimed it at the same moment, or an operator
+        # decided about it: this worker has not begun anything.
+        raise RunHeld(
+            str(run.id), "another worker's claim was recorded at the same moment"
+        ) from None
     log.info(
         "attempt.started",
         run_id=str(run.id),

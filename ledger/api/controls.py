@@ -156,8 +156,8 @@ CONTROLS: tuple[Control, ...] = (
         description="As `ledger rerun RUN --from POINT --reason TEXT`, "
         "recording the decision: the work before the point is kept, and the "
         "next attempt (`ledger resume RUN`) redoes the rest; the API does not "
-        "start it. Refused with 409 for a running, paused or consumer run, or "
-        "a point that does not exist. Unlike the CLI, the kept output is not "
+        "start it. Refused with 409 for a run a live worker holds, a consumer's "
+        "run, or a point that does not exist. Unlike the CLI, the kept output is not "
         "checked first (the server does not load job code): the next attempt "
         "checks it and fails with OutputLost if it is gone.",
     ),
