@@ -38,6 +38,9 @@ def _explain(url: str, cwd: Path, run_id: str) -> str:
     assert story.returncode == 0, story.stderr
     sentence = story.stdout.strip()
 
+    # Shown with `pytest -s`, to quote the sentences as they are.
+    print(f"\nexplain: {sentence}")
+
     # One sentence: no line breaks, one full stop at its end.
     assert "\n" not in sentence
     assert sentence.endswith(".")
