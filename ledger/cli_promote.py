@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ledger.cli_quarantine import bulk_filters
+from ledger.cli_quarantine import bulk_filters, check_bulk_form, count_line
 from ledger.cli_support import as_option, location_of, print_json
 from ledger.errors import LedgerError
 
 if TYPE_CHECKING:
-    from ledger.operations import BulkResult
     from ledger.promotion import Promoter
     from ledger.promotions import BulkPromotion
     from projections.views import RunView
@@ -106,7 +105,7 @@ def promote_cmd(
         "--since": since,
         "--until": until,
     }
-    _check_form(quarantine_ref, every, filters, yes=yes, dry_run=dry_run)
+    check_bulk_form("promote", quarantine_ref, every, filters, yes=yes, dry_run=dry_run)
     by = operator(as_name)
     location = location_of(ctx)
 
@@ -133,7 +132,7 @@ def promote_cmd(
         "until": until,
     }
     selected = promote_records(location, by=by, reason=reason, dry_run=True, **query)
-    click.echo(_count_line(selected, dry_run=dry_run), err=as_json)
+    click.echo(count_line(selected, "promoted", dry_run=dry_run), err=as_json)
     if dry_run or not selected.matched:
         if as_json:
             print_json(selected.as_dict())
@@ -168,41 +167,3 @@ def show_bulk_promotion(done: BulkPromotion, *, as_json: bool) -> None:
         sys.exit(2)
     if any(item["outcome"] == FAILED for item in done.results):
         sys.exit(1)
-
-
-def _check_form(
-    quarantine_ref: str | None,
-    every: bool,
-    filters: dict[str, str | None],
-    *,
-    yes: bool,
-    dry_run: bool,
-) -> None:
-    """One record by ID, or --all with filters: never both, never neither."""
-    if quarantine_ref is not None and every:
-        raise click.UsageError(
-            "give one record's ID or --all with filters, not both: drop the ID "
-            "to promote every match, or drop --all to promote that record"
-        )
-    if quarantine_ref is None and not every:
-        raise click.UsageError(
-            "say what to promote: one record's ID (see `ledger quarantine "
-            "list`), or --all with filters such as --job, --run or --reason-is"
-        )
-    if quarantine_ref is not None:
-        given = [name for name, value in filters.items() if value is not None]
-        given += ["--yes"] if yes else []
-        given += ["--dry-run"] if dry_run else []
-        if given:
-            raise click.UsageError(
-                f"{', '.join(given)} only apply with --all; with one record's ID, "
-                "drop them"
-            )
-
-
-def _count_line(result: BulkResult, *, dry_run: bool) -> str:
-    if not result.matched:
-        return "no pending records match; nothing to promote"
-    reasons = ", ".join(f"{n:,} {name}" for name, n in result.by_reason.items())
-    action = "would be promoted (dry run)" if dry_run else "match"
-    return f"{result.matched:,} pending records {action}: {reasons}"

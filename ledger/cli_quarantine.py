@@ -23,7 +23,14 @@ if TYPE_CHECKING:
     from ledger.operations import BulkResult
     from projections.quarantine import QuarantinedRecord
 
-__all__ = ["ConfirmationNeeded", "bulk_filters", "discard_cmd", "show_cmd"]
+__all__ = [
+    "ConfirmationNeeded",
+    "bulk_filters",
+    "check_bulk_form",
+    "count_line",
+    "discard_cmd",
+    "show_cmd",
+]
 
 
 class ConfirmationNeeded(LedgerError):
@@ -209,7 +216,7 @@ def discard_cmd(
         "--since": since,
         "--until": until,
     }
-    _check_form(quarantine_ref, every, filters, yes=yes, dry_run=dry_run)
+    check_bulk_form("discard", quarantine_ref, every, filters, yes=yes, dry_run=dry_run)
     if reason is None and not dry_run:
         raise click.UsageError(
             "a reason is required: pass --reason TEXT saying why the records "
@@ -238,7 +245,7 @@ def discard_cmd(
     selected = discard_records(
         location, by=by, reason=reason or "", dry_run=True, **query
     )
-    click.echo(_count_line(selected, dry_run=dry_run), err=as_json)
+    click.echo(count_line(selected, "discarded", dry_run=dry_run), err=as_json)
     if dry_run or not selected.matched:
         if as_json:
             print_json(selected.as_dict())
@@ -268,7 +275,8 @@ def discard_cmd(
         sys.exit(2)
 
 
-def _check_form(
+def check_bulk_form(
+    verb: str,
     quarantine_ref: str | None,
     every: bool,
     filters: dict[str, str | None],
@@ -280,11 +288,11 @@ def _check_form(
     if quarantine_ref is not None and every:
         raise click.UsageError(
             "give one record's ID or --all with filters, not both: drop the ID "
-            "to discard every match, or drop --all to discard that record"
+            f"to {verb} every match, or drop --all to {verb} that record"
         )
     if quarantine_ref is None and not every:
         raise click.UsageError(
-            "say what to discard: one record's ID (see `ledger quarantine "
+            f"say what to {verb}: one record's ID (see `ledger quarantine "
             "list`), or --all with filters such as --job, --run or --reason-is"
         )
     if quarantine_ref is not None:
@@ -298,9 +306,10 @@ def _check_form(
             )
 
 
-def _count_line(result: BulkResult, *, dry_run: bool) -> str:
+def count_line(result: BulkResult, done: str, *, dry_run: bool) -> str:
+    """How many pending records a bulk decision matches, by reason."""
     if not result.matched:
-        return "no pending records match; nothing to discard"
+        return f"no pending records match; nothing to {result.action}"
     reasons = ", ".join(f"{n:,} {name}" for name, n in result.by_reason.items())
-    action = "would be discarded (dry run)" if dry_run else "match"
+    action = f"would be {done} (dry run)" if dry_run else "match"
     return f"{result.matched:,} pending records {action}: {reasons}"
