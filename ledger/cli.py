@@ -36,6 +36,12 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except LedgerError as error:
             _fail(str(error), error.exit_code)
+        except click.UsageError as error:
+            # A missing option or a bad value is bad input like any other:
+            # one line, naming the fix.
+            command = ctx.invoked_subcommand or ""
+            where = f"`ledger {command} --help`" if command else "`ledger --help`"
+            _fail(f"{error.format_message().rstrip('.')}; see {where}", 2)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

@@ -311,5 +311,9 @@ def count_line(result: BulkResult, done: str, *, dry_run: bool) -> str:
     if not result.matched:
         return f"no pending records match; nothing to {result.action}"
     reasons = ", ".join(f"{n:,} {name}" for name, n in result.by_reason.items())
-    action = f"would be {done} (dry run)" if dry_run else "match"
-    return f"{result.matched:,} pending records {action}: {reasons}"
+    one = result.matched == 1
+    action = (
+        f"would be {done} (dry run)" if dry_run else ("matches" if one else "match")
+    )
+    records = "record" if one else "records"
+    return f"{result.matched:,} pending {records} {action}: {reasons}"

@@ -78,6 +78,10 @@ def rerun(
             "name what to rerun: --from POINT (step:NAME, batch:N or "
             "step:NAME/batch:N), or --failed-only; not both"
         )
+    if not dry_run and not reason.strip():
+        raise ControlRefused(
+            "a rerun needs a reason: pass --reason TEXT saying why the work is redone"
+        )
     view = read(location, lambda db: find_run(db, run_ref))
     if failed_only:
         replay_failed(
@@ -192,6 +196,15 @@ def replay_failed(
 
     location = location_of(ctx)
     short = view.run_id[:8]
+    if (
+        view.state in ("running", "paused")
+        and view.worker_evidence
+        and ("alive" in view.worker_evidence or "holds a lease" in view.worker_evidence)
+    ):
+        raise ControlRefused(
+            f"run {view.run_id} is held by a live worker ({view.worker_evidence}); "
+            "its failed work is what it is doing: wait for it to end"
+        )
     unfinished = view.state not in ("completed", "stopped")
     selected = promote_records(
         location, by="", reason="", dry_run=True, run_ref=view.run_id

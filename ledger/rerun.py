@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ledger.run import Run
 
 __all__ = [
+    "PointUnreadable",
     "RerunPlan",
     "RunRewound",
     "StepPlan",
@@ -45,15 +46,20 @@ _POINT_LIMIT = 300
 _POINT_HELP = "name it as step:NAME, batch:N or step:NAME/batch:N"
 
 
+class PointUnreadable(ControlRefused):
+    """A `--from` value that names no point at all (bad input, not a state
+    the run is in)."""
+
+
 def parse_point(text: str) -> tuple[str | None, int | None]:
     """The step and batch a `--from` value names; either may be None."""
     if len(text) > _POINT_LIMIT:
-        raise ControlRefused(
+        raise PointUnreadable(
             f"the point is {len(text):,} characters long: {_POINT_HELP}"
         )
     match = _POINT.match(text.strip())
     if not text.strip() or match is None or not any(match.groupdict().values()):
-        raise ControlRefused(f"cannot read the point {text!r}: {_POINT_HELP}")
+        raise PointUnreadable(f"cannot read the point {text!r}: {_POINT_HELP}")
     batch = match["batch"]
     return match["step"], int(batch) if batch is not None else None
 
@@ -132,10 +138,16 @@ def require_at_rest(run: Run) -> str | None:
     state = liveness(run.worker, run.lease_until)
     if not state.alive:
         return state.evidence
+    if run.paused is not None:
+        raise ControlRefused(
+            f"run {run.id} is paused, and its worker ({state.evidence}) waits on "
+            f"it; stop that worker, or `ledger abandon {short} --reason TEXT`, "
+            "then rerun it"
+        )
     raise ControlRefused(
-        f"run {run.id} is running attempt {run.attempt} ({state.evidence}); pause "
-        f"it with `ledger pause {short} --reason TEXT` and let it finish, or wait "
-        "for it to end, before rerunning it"
+        f"run {run.id} is running attempt {run.attempt} ({state.evidence}); wait "
+        f"for it to end (`ledger pause {short} --reason TEXT` stops it at its next "
+        "batch boundary, then stop that worker), before rerunning it"
     )
 
 

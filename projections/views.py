@@ -359,17 +359,32 @@ async def find_run(db: ReadDatabase, run_ref: str) -> RunView:
     """The run with this id, or the one run whose id starts with it."""
     ref = run_ref.strip().lower()
 
-    # A full id pasted without its dashes is still that id.
-    if len(ref) == 32 and "-" not in ref:
-        ref = f"{ref[:8]}-{ref[8:12]}-{ref[12:16]}-{ref[16:20]}-{ref[20:]}"
-    if len(ref) < 4 or not all(c in "0123456789abcdef-" for c in ref):
-        raise UnknownRun(run_ref, "a run id is hex; give at least 4 of its characters")
+    # An id or prefix typed without its dashes is still that id: put the
+    # dashes back where a run id has them.
+    bare = ref.replace("-", "")
+    if not all(c in "0123456789abcdef" for c in bare):
+        raise UnknownRun(
+            run_ref, "a run id is hex (0-9, a-f); copy it from `ledger status`"
+        )
+    if len(bare) < 4:
+        raise UnknownRun(run_ref, "give at least 4 characters of the run id")
+    cuts = (8, 12, 16, 20)
+    ref = "-".join(
+        bare[start:end]
+        for start, end in zip((0, *cuts), (*cuts, 32), strict=True)
+        if bare[start:end]
+    )
+    if len(bare) in cuts:
+        ref += "-"
     rows = await db.fetch(
         "SELECT * FROM proj_runs WHERE run_id LIKE $1 ORDER BY started_at LIMIT 6",
         ref + "%",
     )
     if not rows:
-        raise UnknownRun(run_ref)
+        raise UnknownRun(
+            run_ref,
+            f"no run id starts with {bare[:32]}; list runs with `ledger status`",
+        )
     if len(rows) > 1:
         shown = ", ".join(r["run_id"][:13] for r in rows[:5])
         raise UnknownRun(run_ref, f"it matches several runs ({shown}); give more")

@@ -27,6 +27,7 @@ from ledger.errors import (
     UnknownRun,
 )
 from ledger.operations import RunKeptChanging
+from ledger.rerun import PointUnreadable
 
 __all__ = [
     "ApiError",
@@ -80,6 +81,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _STATUS_OF: tuple[tuple[type[LedgerError], int], ...] = (
     (UnknownRun, 404),
     (UnknownRecord, 404),
+    (PointUnreadable, 422),
     (LedgerUnavailable, 503),
     (ControlRefused, 409),
     (RunKeptChanging, 409),

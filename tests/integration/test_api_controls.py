@@ -55,6 +55,11 @@ def test_pause_resume_rerun_and_discard_over_http(
         )
         assert missing.status_code == 409
         assert "has no batch 99" in missing.json()["error"]
+        unreadable = api.post(
+            f"/v1/runs/{runs.failed}/rerun", json={"reason": "x", "point": "bogus"}
+        )
+        assert unreadable.status_code == 422
+        assert "step:NAME, batch:N or step:NAME/batch:N" in unreadable.json()["error"]
 
         # Promote the run's quarantined record: the job's own code rejects
         # it again, so it is quarantined anew, with its lineage.

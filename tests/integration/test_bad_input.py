@@ -119,6 +119,35 @@ def test_unknown_run_id(recorded: str, tmp_path: Path, command: str) -> None:
     assert _event_count(recorded) == before
 
 
+def test_a_run_prefix_typed_without_its_dashes_is_found(
+    recorded: str, tmp_path: Path
+) -> None:
+    shown = ledger_command(["status", "--json"], url=recorded, cwd=tmp_path)
+    run_id = orjson.loads(shown.stdout)[0]["run_id"]
+    for ref in (run_id[:9].replace("-", ""), run_id.replace("-", "")[:14].upper()):
+        found = ledger_command(["explain", ref], url=recorded, cwd=tmp_path)
+        assert found.returncode == 0, (ref, found.stderr)
+        assert run_id[:8] in found.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["pause", "abcd"], "Missing option '--reason'; see `ledger pause --help`"),
+        (["quarantine", "list", "--state", "bogus"], "Invalid value for '--state'"),
+        (["rerun", "abcd", "--from", "batch:1", "--max-quarantine-ratio", "2"],
+         "Invalid value for '--max-quarantine-ratio'"),
+    ],
+)  # fmt: skip
+def test_a_missing_option_or_bad_value_is_one_line(
+    recorded: str, tmp_path: Path, args: list[str], phrase: str
+) -> None:
+    before = _event_count(recorded)
+    result = ledger_command(args, url=recorded, cwd=tmp_path)
+    _assert_refused(result, phrase)
+    assert _event_count(recorded) == before
+
+
 def test_missing_job_file(recorded: str, tmp_path: Path) -> None:
     result = ledger_command(["run", "jobs/nope.py"], url=recorded, cwd=tmp_path)
     _assert_refused(result, "does not exist", ".py file")
