@@ -86,7 +86,7 @@ def test_reads_auth_controls_and_metrics(tmp_path: Path, ledger_url: str) -> Non
         assert cli.stderr.strip() == f"error: {missing.json()['error']}"
         junk = viewer.get("/v1/runs/%E2%9C%93%00x/explain")
         assert junk.status_code == 404
-        assert "give at least 4 of its characters" in junk.json()["error"]
+        assert "a run id is hex (0-9, a-f)" in junk.json()["error"]
 
         # Parameters out of range or unusable: 422, naming the parameter.
         for path, named in [
