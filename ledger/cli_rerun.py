@@ -196,11 +196,7 @@ def replay_failed(
 
     location = location_of(ctx)
     short = view.run_id[:8]
-    if (
-        view.state in ("running", "paused")
-        and view.worker_evidence
-        and ("alive" in view.worker_evidence or "holds a lease" in view.worker_evidence)
-    ):
+    if view.worker_alive:
         raise ControlRefused(
             f"run {view.run_id} is held by a live worker ({view.worker_evidence}); "
             "its failed work is what it is doing: wait for it to end"

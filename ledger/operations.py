@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from ledger.config import LedgerLocation
@@ -37,6 +37,7 @@ __all__ = [
     "pause_run",
     "plan_rerun_of",
     "rerun_run",
+    "select_for_bulk",
     "select_pending_records",
     "show_record",
 ]
@@ -282,30 +283,12 @@ def discard_records(
             "will never be processed"
         )
     # The selection, from the read side, caught up first.
-    matched = select_pending_records(
-        location, job, run_ref, quarantine_reason, since, until
-    )
-    if quarantine_ids is not None:
-        wanted = set(quarantine_ids)
-        matched = [record for record in matched if record.quarantine_id in wanted]
-    by_reason = dict(sorted(Counter(record.reason for record in matched).items()))
-    counted = ", ".join(f"{n:,} {name}" for name, n in by_reason.items())
-    selection = f"{len(matched):,} pending records match" + (
-        f" ({counted})" if counted else ""
-    )
-    result = BulkResult(
-        action="discard",
-        by=by,
-        reason=reason.strip(),
-        dry_run=dry_run,
-        matched=len(matched),
-        by_reason=by_reason,
-        quarantine_ids=[record.quarantine_id for record in matched],
-        decided=[],
-        skipped=[],
-        message=f"{selection}; nothing discarded"
-        + (" (dry run)" if dry_run and matched else ""),
-    )
+    matched, result = select_for_bulk(
+        location, BulkResult, "discard", by=by, reason=reason.strip(),
+        dry_run=dry_run, job=job, run_ref=run_ref,
+        quarantine_reason=quarantine_reason, since=since, until=until,
+        quarantine_ids=quarantine_ids,
+    )  # fmt: skip
     if dry_run or not matched:
         return result
 
@@ -421,6 +404,57 @@ def rerun_run(
         "from there"
     )
     return ControlResult(run_id, "rerun", by, reason.strip(), message)
+
+
+_Bulk = TypeVar("_Bulk", bound=BulkResult)
+
+
+def select_for_bulk(
+    location: LedgerLocation,
+    kind: type[_Bulk],
+    action: str,
+    *,
+    by: str,
+    reason: str,
+    dry_run: bool,
+    job: str | None,
+    run_ref: str | None,
+    quarantine_reason: str | None,
+    since: str | None,
+    until: str | None,
+    quarantine_ids: Collection[str] | None,
+) -> tuple[list[QuarantinedRecord], _Bulk]:
+    """The pending records a bulk decision acts on, and its result as long
+    as it has acted on none (a dry run, or nothing matched).
+
+    `quarantine_ids` narrows the selection to records already shown to
+    someone, so that a confirmed count is the count acted on.
+    """
+    matched = select_pending_records(
+        location, job, run_ref, quarantine_reason, since, until
+    )
+    if quarantine_ids is not None:
+        wanted = set(quarantine_ids)
+        matched = [record for record in matched if record.quarantine_id in wanted]
+    by_reason = dict(sorted(Counter(record.reason for record in matched).items()))
+    counted = ", ".join(f"{n:,} {name}" for name, n in by_reason.items())
+    selection = f"{len(matched):,} pending records match" + (
+        f" ({counted})" if counted else ""
+    )
+    done = action + ("d" if action.endswith("e") else "ed")
+    return matched, kind(
+        action=action,
+        by=by,
+        reason=reason,
+        dry_run=dry_run,
+        matched=len(matched),
+        by_reason=by_reason,
+        quarantine_ids=[record.quarantine_id for record in matched],
+        decided=[],
+        skipped=[],
+        message=f"{selection}; nothing {done}"
+        + (" (dry run)" if dry_run and matched else ""),
+    )
 
 
 def select_pending_records(

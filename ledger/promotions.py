@@ -28,7 +28,7 @@ from ledger.operations import (
     BulkResult,
     RecordDecision,
     RunKeptChanging,
-    select_pending_records,
+    select_for_bulk,
 )
 from ledger.quarantine import FAILED, REJECTED, WRITTEN, outcome_words
 
@@ -124,30 +124,12 @@ def promote_records(
     """
     from projections.access import catch_up_quietly
 
-    matched = select_pending_records(
-        location, job, run_ref, quarantine_reason, since, until
-    )
-    if quarantine_ids is not None:
-        wanted = set(quarantine_ids)
-        matched = [record for record in matched if record.quarantine_id in wanted]
-    by_reason = dict(sorted(Counter(record.reason for record in matched).items()))
-    counted = ", ".join(f"{n:,} {name}" for name, n in by_reason.items())
-    selection = f"{len(matched):,} pending records match" + (
-        f" ({counted})" if counted else ""
-    )
-    result = BulkPromotion(
-        action="promote",
-        by=by,
-        reason=reason.strip() or "promoted",
-        dry_run=dry_run,
-        matched=len(matched),
-        by_reason=by_reason,
-        quarantine_ids=[record.quarantine_id for record in matched],
-        decided=[],
-        skipped=[],
-        message=f"{selection}; nothing promoted"
-        + (" (dry run)" if dry_run and matched else ""),
-    )
+    matched, result = select_for_bulk(
+        location, BulkPromotion, "promote", by=by,
+        reason=reason.strip() or "promoted", dry_run=dry_run, job=job,
+        run_ref=run_ref, quarantine_reason=quarantine_reason, since=since,
+        until=until, quarantine_ids=quarantine_ids,
+    )  # fmt: skip
     if dry_run or not matched:
         return result
 

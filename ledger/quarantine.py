@@ -89,16 +89,9 @@ def discard(run: Run, quarantine_id: str, by: str, reason: str) -> None:
             "a reason is required: pass --reason TEXT saying why the record "
             "will never be processed"
         )
-    short = str(run.id)[:8]
 
     # The record must be one this run quarantined, and still waiting.
-    state = run.quarantine_states.get(quarantine_id)
-    if state is None:
-        raise ControlRefused(
-            f"run {run.id} has no quarantined record {quarantine_id}; list its "
-            f"records with `ledger quarantine list --run {short} --state all`"
-        )
-    decision = run.quarantine_decisions.get(quarantine_id, {})
+    state, decision = _state_of(run, quarantine_id)
     if state == DISCARDED:
         raise ControlRefused(
             f"record {quarantine_id} is already discarded by "
@@ -232,17 +225,23 @@ class RecordRequarantined(Aggregate.Event):
         run.quarantine_states.setdefault(self.quarantine_id, PENDING)
 
 
-def check_promotable(run: Run, quarantine_id: str) -> None:
-    """Refuses, appending nothing, a promotion that makes no sense: no such
-    record, one already decided, or a run a live worker holds."""
-    short = str(run.id)[:8]
+def _state_of(run: Run, quarantine_id: str) -> tuple[str, dict[str, str]]:
+    """A record's state and the decision that set it; refused when the run
+    never quarantined it."""
     state = run.quarantine_states.get(quarantine_id)
     if state is None:
         raise ControlRefused(
             f"run {run.id} has no quarantined record {quarantine_id}; list its "
-            f"records with `ledger quarantine list --run {short} --state all`"
+            f"records with `ledger quarantine list --run {str(run.id)[:8]} "
+            "--state all`"
         )
-    decision = run.quarantine_decisions.get(quarantine_id, {})
+    return state, run.quarantine_decisions.get(quarantine_id, {})
+
+
+def check_promotable(run: Run, quarantine_id: str) -> None:
+    """Refuses, appending nothing, a promotion that makes no sense: no such
+    record, one already decided, or a run a live worker holds."""
+    state, decision = _state_of(run, quarantine_id)
     if state == DISCARDED:
         raise ControlRefused(
             f"record {quarantine_id} was discarded by "

@@ -163,7 +163,7 @@ def _explain_paused(run: RunView, name: str, done: str, resume: str) -> str:
     decision = run.paused or {}
     short = short_id(run.run_id)
     by = f"{decision.get('by', 'an operator')} ({_clip(decision.get('reason'))})"
-    if run.worker_evidence and "alive" in run.worker_evidence:
+    if run.worker_alive:
         return (
             f"{name} is paused by {by} on attempt {run.attempts}: its worker "
             f"({run.worker_evidence}) waits at {resume}; {done}; `ledger resume "

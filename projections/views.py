@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from ledger.errors import UnknownRun
-from ledger.worker import liveness
+from ledger.worker import Liveness, liveness
 from projections.database import ReadDatabase
 
 __all__ = [
@@ -82,6 +82,9 @@ class RunView:
     # Quarantined records an operator discarded; `quarantined` and
     # `quarantined_by_reason` count only the records still pending.
     discarded: int = 0
+
+    # Whether a live worker holds the run (running, or paused and waiting).
+    worker_alive: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,13 +166,14 @@ def _resume_point(steps: list[StepView]) -> dict[str, Any] | None:
 
 async def _effective_state(
     db: ReadDatabase, row: dict[str, Any]
-) -> tuple[str, str | None]:
-    """The run's state as its worker's liveness shows it.
+) -> tuple[str, Liveness | None]:
+    """The run's state as its worker's liveness shows it, and that liveness
+    (None when no worker holds the run).
 
     A run marked running whose worker is gone is `interrupted` (its process
     is gone on this host) or `abandoned-by-worker` (its lease ran out: a
     lost node or a frozen worker). A paused run stays paused either way:
-    the operator's decision holds; the evidence says whether a worker waits.
+    the operator's decision holds; the liveness says whether a worker waits.
     """
     if row["state"] not in ("running", "paused") or not row["worker"]:
         return row["state"], None
@@ -177,10 +181,8 @@ async def _effective_state(
         return "paused", None
     state = liveness(orjson.loads(row["worker"]), row["lease_until"] or "")
     if row["state"] == "paused" or state.alive:
-        return row["state"], state.evidence
-    return ("abandoned-by-worker" if state.lease_expired else "interrupted"), (
-        state.evidence
-    )
+        return row["state"], state
+    return ("abandoned-by-worker" if state.lease_expired else "interrupted"), state
 
 
 async def _attempt_open(db: ReadDatabase, run_id: str) -> bool:
@@ -249,7 +251,7 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
             "error_class": row["error_class"],
             "error_message": row["error_message"],
         }
-    state, evidence = await _effective_state(db, row)
+    state, worker_state = await _effective_state(db, row)
 
     # What still waits in quarantine; decided records are counted apart.
     by_reason = {r["reason"]: int(r["n"]) for r in reasons if r["state"] == "pending"}
@@ -297,7 +299,8 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
         else _resume_point(steps),
         batches_done=row["batches_done"],
         failure=failure,
-        worker_evidence=evidence,
+        worker_evidence=worker_state.evidence if worker_state else None,
+        worker_alive=bool(worker_state and worker_state.alive),
         quarantined=sum(by_reason.values()),
         quarantined_by_reason=by_reason,
         counters={c["name"]: int(c["value"]) for c in counters},
