@@ -185,6 +185,9 @@ class LedgerConsumer:
         self.summary.attempt = recorder.attempt
         self._install_signals()
         heartbeat = Heartbeat(recorder.ledger, recorder.current.id, recorder.attempt)
+        recorder.effects.bind(
+            recorder.attempt, f"attempt {recorder.attempt}", heartbeat.check
+        )
         try:
             with heartbeat:
                 await self._call(self.job.open, recorder.context())
@@ -402,18 +405,25 @@ class LedgerConsumer:
                 self._set_aside(parts[index:])
                 return
             faults.enter_batch(CONSUME_STEP, number)
-            handled = await self._call(
-                handle_batch,
-                self.job,
-                recorder.current,
-                part,
-                stopped=self._revoking.__contains__,
-            )
-            if self.summary.first_message_after is None and handled.done:
-                self.summary.first_message_after = time.monotonic() - self._started
-            faults.hit("in_batch")
-            written = await self._call(self.job.write, handled.outputs)
-            faults.hit("after_write")
+            try:
+                handled = await self._call(
+                    handle_batch,
+                    self.job,
+                    recorder.current,
+                    part,
+                    stopped=self._revoking.__contains__,
+                )
+                if self.summary.first_message_after is None and handled.done:
+                    self.summary.first_message_after = time.monotonic() - self._started
+                faults.hit("in_batch")
+                written = await self._call(self.job.write, handled.outputs)
+                faults.hit("after_write")
+            except BaseException:
+                await self._call(recorder.effects.flush_quietly)
+                raise
+
+            # Effects' outcomes are recorded before the checkpoint.
+            await self._call(recorder.effects.flush)
             copies = await copy_to_quarantine(
                 self._producer, self.job, handled, self.recorder
             )

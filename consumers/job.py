@@ -15,6 +15,9 @@ The contract a consumer job must keep:
 - `handle` raises `ledger.Reject` for a message that breaks the job's
   rules: it is quarantined at once. Any other exception is retried per
   `retry`, then the message is quarantined with the error's class.
+- Any other write outside the ledger goes through `context.effect`, with
+  the key it is given: keys are the same for a message whichever member
+  of the group handles it, on every attempt.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from uuid import UUID
 
 import orjson
 
+from ledger.effects import EffectPolicy
 from ledger.errors import LedgerError
-from ledger.job import redact_fields
+from ledger.job import EffectContext, redact_fields
 
 __all__ = [
     "ConsumerContext",
@@ -108,7 +112,7 @@ class QuarantinePolicy:
 
 
 @dataclass(frozen=True)
-class ConsumerContext:
+class ConsumerContext(EffectContext):
     """What a consumer job knows about the run it is executing."""
 
     run_id: UUID
@@ -143,6 +147,10 @@ class ConsumerJob(ABC):
 
     # Fields whose values never reach the ledger or the logs.
     sensitive_fields: ClassVar[frozenset[str]] = frozenset()
+
+    # The side effects `handle` and `write` make through `context.effect`,
+    # by name, and whether each downstream honours idempotency keys.
+    effects: ClassVar[dict[str, EffectPolicy]] = {}
 
     def redact(self, payload: Any) -> Any:
         return redact_fields(payload, self.sensitive_fields)

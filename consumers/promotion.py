@@ -30,8 +30,10 @@ from aiokafka.structs import TopicPartition
 
 from consumers.job import ConsumerContext, ConsumerJob, Message
 from ledger.attempt import preview_payload
+from ledger.effects import EffectRegistry, EffectsFor
 from ledger.errors import InputError, LedgerError
 from ledger.job import Reject
+from ledger.keys import consumer_site
 from ledger.loader import load_job
 from ledger.messages import CONSUME_STEP
 from ledger.promotion import PromotionRefused
@@ -73,7 +75,7 @@ _COPY_HEADERS = frozenset(
 
 
 def open_message_promotion(
-    view: RunView, bootstrap_servers: str | None
+    view: RunView, bootstrap_servers: str | None, effects_for: EffectsFor
 ) -> MessagePromotion:
     """The consumer run's own job, of the version that made the run,
     opened with the run's context; the broker from `bootstrap_servers`,
@@ -97,11 +99,17 @@ def open_message_promotion(
             "pass --bootstrap-servers HOST:PORT",
         )
     stream = view.consumer or {}
+    group = str(stream.get("group", job.group_id))
+    registry = effects_for(
+        job.effects, lambda step: consumer_site(job.name, group, step)
+    )
+    registry.at(CONSUME_STEP)
     context = ConsumerContext(
         run_id=UUID(view.run_id),
-        group=str(stream.get("group", job.group_id)),
+        group=group,
         member=str(stream.get("member", "")),
         params=dict(view.params),
+        registry=registry,
     )
     try:
         job.open(context)
@@ -113,15 +121,18 @@ def open_message_promotion(
             f"could not open its output ({type(error).__name__}: {error})",
             "check the run's --param values and the files they name",
         ) from error
-    return MessagePromotion(job, servers)
+    return MessagePromotion(job, servers, registry)
 
 
 class MessagePromotion:
     """A consumer job opened once, to promote its run's messages."""
 
-    def __init__(self, job: ConsumerJob, bootstrap_servers: str) -> None:
+    def __init__(
+        self, job: ConsumerJob, bootstrap_servers: str, effects: EffectRegistry
+    ) -> None:
         self.job = job
         self.bootstrap_servers = bootstrap_servers
+        self.effects = effects
 
     def close(self) -> None:
         self.job.close()
@@ -146,7 +157,10 @@ class MessagePromotion:
                 f"(`ledger quarantine discard {record.quarantine_id[:8]} --reason "
                 "TEXT`)"
             )
-        result = self._handle(message, record.batch)
+        try:
+            result = self._handle(message, record.batch)
+        finally:
+            self.effects.flush_quietly()
         log.info(
             "message.promoted",
             run_id=str(run.id),

@@ -32,8 +32,10 @@ from consumers.batch import Handled, Poison
 from consumers.job import ConsumerContext, ConsumerJob
 from ledger.attempt import ended_by, preview_payload, record_refusal, save_run
 from ledger.controls import PausedAtBoundary
+from ledger.effects import EffectRegistry
 from ledger.errors import LedgerUnavailable, RunHeld, Superseded
 from ledger.input_runs import InputRuns
+from ledger.keys import consumer_site
 from ledger.messages import (
     CONSUME_STEP,
     assign_partitions,
@@ -121,6 +123,7 @@ class ConsumerRecorder:
 
         # How many pauses had been lifted when this consumer last paused.
         self._lifts = 0
+        self._effects: EffectRegistry | None = None
 
     @property
     def current(self) -> Run:
@@ -128,12 +131,19 @@ class ConsumerRecorder:
             raise RuntimeError("claim() first")
         return self.run
 
+    @property
+    def effects(self) -> EffectRegistry:
+        if self._effects is None:
+            raise RuntimeError("claim() first")
+        return self._effects
+
     def context(self) -> ConsumerContext:
         return ConsumerContext(
             run_id=self.current.id,
             group=self.group,
             member=self.member,
             params=self.params,
+            registry=self.effects,
         )
 
     def claim(self) -> None:
@@ -172,6 +182,17 @@ class ConsumerRecorder:
         self.run = run
         run.start_step(self.attempt, CONSUME_STEP)
         self._save()
+
+        # Effects are keyed by the group, not by this member's run: a
+        # message keeps its key whichever member replays it.
+        job, group = self.job.name, self.group
+        self._effects = EffectRegistry(
+            self.ledger,
+            run.id,
+            self.job.effects,
+            lambda step: consumer_site(job, group, step),
+        )
+        self._effects.at(CONSUME_STEP)
 
     def positions(self) -> dict[str, int]:
         """The group's recorded positions, by partition key; waits out a

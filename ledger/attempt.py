@@ -29,6 +29,7 @@ from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from ledger import faults
 from ledger.controls import PausedAtBoundary
+from ledger.effects import EffectRegistry
 from ledger.errors import JobFailed, LedgerUnavailable, OutputLost, Superseded
 from ledger.job import Record, Reject, Step
 from ledger.run import Run
@@ -199,7 +200,9 @@ class Attempt:
         events: int,
         redact: Callable[[Any], Any],
         params: dict[str, Any],
+        effects: EffectRegistry,
     ) -> None:
+        self.effects = effects
         self.redact = redact
         self.params = params
         self.ledger = ledger
@@ -288,6 +291,7 @@ class Attempt:
             if name in self.run.completed_steps:
                 continue
             self.step = name
+            self.effects.at(name)
             self.commit(partial(Run.start_step, attempt=self.attempt, step=name))
             self._work_batches(by_name[name])
             self.batch = None
@@ -335,21 +339,27 @@ class Attempt:
             except PausedAtBoundary:
                 self._wait_while_paused()
 
-        # Handle each record; a rejected one waits for quarantine.
+        # Handle each record; a rejected one waits for quarantine. Effects'
+        # outcomes are recorded before the checkpoint, or before the failure.
         counters: Counter[str] = Counter()
         outputs: list[tuple[Record, Any]] = []
         rejected: list[tuple[Record, Reject]] = []
-        for record in chunk:
-            try:
-                outputs.append((record, step.handle(record, counters)))
-            except Reject as rejection:
-                rejected.append((record, rejection))
-        self._check_reject_ratio(step.name, batch, len(chunk), rejected)
-        faults.hit("in_batch")
+        try:
+            for record in chunk:
+                try:
+                    outputs.append((record, step.handle(record, counters)))
+                except Reject as rejection:
+                    rejected.append((record, rejection))
+            self._check_reject_ratio(step.name, batch, len(chunk), rejected)
+            faults.hit("in_batch")
 
-        # Write the output; replay-safe, so a crash from here on is harmless.
-        written = step.write(outputs)
-        faults.hit("after_write")
+            # Write the output; replay-safe, so a crash from here on is harmless.
+            written = step.write(outputs)
+            faults.hit("after_write")
+        except BaseException:
+            self.effects.flush_quietly()
+            raise
+        self.effects.flush()
 
         # One transaction: quarantined records and the checkpoint.
         def checkpoint(run: Run) -> None:

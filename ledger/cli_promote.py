@@ -22,6 +22,7 @@ from ledger.cli_support import as_option, location_of, print_json
 from ledger.errors import LedgerError
 
 if TYPE_CHECKING:
+    from ledger.effects import EffectsFor
     from ledger.promotion import Promoter
     from ledger.promotions import BulkPromotion
     from projections.views import RunView
@@ -41,11 +42,13 @@ class PromotionNotConfirmed(LedgerError):
         self.count = count
 
 
-def open_messages(view: RunView, bootstrap_servers: str | None) -> Promoter:
+def open_messages(
+    view: RunView, bootstrap_servers: str | None, effects_for: EffectsFor
+) -> Promoter:
     """The Kafka adapter, loaded only when a consumer's message is promoted."""
     from consumers.promotion import open_message_promotion
 
-    return open_message_promotion(view, bootstrap_servers)
+    return open_message_promotion(view, bootstrap_servers, effects_for)
 
 
 @click.command("promote")

@@ -31,16 +31,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from uuid import UUID
 
 from ledger.checkpoint import Checkpoint
 
+if TYPE_CHECKING:
+    from ledger.effects import EffectPolicy, EffectRegistry
+
+_T = TypeVar("_T")
+
 __all__ = [
     "REDACTED",
+    "EffectContext",
     "InputVersion",
     "Job",
     "Record",
@@ -91,12 +97,42 @@ class InputVersion:
 
 
 @dataclass(frozen=True)
-class RunContext:
+class EffectContext:
+    """The part of a job's context that makes effects (see `ledger.effects`)."""
+
+    # Set by the runtime that runs the job.
+    registry: EffectRegistry | None = field(default=None, kw_only=True)
+
+    def effect(
+        self, name: str, record: Any, call: Callable[[str], _T], part: str = ""
+    ) -> _T:
+        """Makes the job's declared effect `name` for `record`, replay-safe:
+        `call(key)` gets the effect's idempotency key and runs unless the
+        ledger knows it already happened."""
+        return _registry(self.registry).call(name, record, call, part)
+
+    def key(self, name: str, record: Any, part: str = "") -> str:
+        """The idempotency key of effect `name` for `record`: the same on
+        every attempt, in every process."""
+        return str(_registry(self.registry).key(name, record, part))
+
+
+@dataclass(frozen=True)
+class RunContext(EffectContext):
     """What a job knows about the run it is executing."""
 
     run_id: UUID
     input: InputVersion
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def _registry(registry: EffectRegistry | None) -> EffectRegistry:
+    if registry is None:
+        raise RuntimeError(
+            "this context has no effect registry: effects are made by jobs the "
+            "ledger runs (`ledger run`, `ledger consume`, a promotion)"
+        )
+    return registry
 
 
 def redact_fields(payload: Any, fields: frozenset[str]) -> Any:
@@ -156,6 +192,10 @@ class Job(ABC):
     # Fields whose values never reach the ledger: a quarantined record's
     # payload keeps the key and loses the value.
     sensitive_fields: ClassVar[frozenset[str]] = frozenset()
+
+    # The side effects its steps make through `context.effect`, by name, and
+    # whether each downstream honours idempotency keys.
+    effects: ClassVar[dict[str, EffectPolicy]] = {}
 
     def default_input(self) -> Path | None:
         """The input used when `--input` is not given."""

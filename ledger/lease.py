@@ -17,6 +17,7 @@ from uuid import UUID
 import structlog
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
+from ledger.errors import Superseded
 from ledger.run import Run
 from ledger.store import Ledger
 from ledger.worker import LEASE_SECONDS, lease_until
@@ -56,6 +57,23 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stopped.set()
         self._thread.join(timeout=self.interval + 5)
+
+    def check(self) -> None:
+        """Raises Superseded when this worker may no longer act for the run:
+        another attempt took it, or the lease the heartbeat last saw has run
+        out (the process was frozen, or the ledger unreachable, for longer
+        than two thirds of a lease). Cheap: reads nothing from the store."""
+        if self.lost.is_set():
+            raise Superseded(str(self.run_id), self.attempt)
+        run = self._run
+        if run is None or not run.lease_until:
+            return
+        if datetime.fromisoformat(run.lease_until) <= datetime.now(UTC):
+            raise Superseded(
+                str(self.run_id),
+                self.attempt,
+                f"left without a lease (it ran out at {run.lease_until})",
+            )
 
     def _beat_loop(self) -> None:
         while not self._stopped.wait(self.interval):

@@ -35,8 +35,10 @@ from ledger.attempt import PAYLOAD_PREVIEW_CHARS, preview_payload
 from ledger.checkpoint import Checkpoint
 from ledger.config import LedgerLocation
 from ledger.controls import ControlRefused
+from ledger.effects import EffectRegistry, EffectsFor
 from ledger.errors import InputError, LedgerError
 from ledger.job import Job, Record, Reject, RunContext, Step
+from ledger.keys import file_site
 from ledger.quarantine import (
     FAILED,
     REJECTED,
@@ -99,7 +101,7 @@ class Promoter(Protocol):
 # How a consumer run's job is opened for a promotion: given the run and
 # the bootstrap servers asked for. The Kafka adapter provides it; the
 # ledger never imports the consumers package.
-MessagePromotionOpener = Callable[["RunView", str | None], Promoter]
+MessagePromotionOpener = Callable[["RunView", str | None, EffectsFor], Promoter]
 
 
 def payload_is_whole(payload: Any) -> bool:
@@ -154,7 +156,9 @@ class FilePromotion:
         found, unread = self._read_again(run, self.steps[index], record)
         if found is None:
             found = self._from_payload(run, record, unread)
-        result = _run_through(run, self.steps[index:], found, self.job.redact)
+        result = _run_through(
+            run, self.steps[index:], found, self.job.redact, self.context.registry
+        )
         log.info(
             "record.promoted",
             run_id=str(run.id),
@@ -228,11 +232,28 @@ def _run_through(
     steps: Sequence[Step],
     record: Record,
     redact: Callable[[Any], Any],
+    effects: EffectRegistry | None = None,
 ) -> PromotionResult:
     """Each step handles and writes the record; its output is the next
-    step's record data."""
+    step's record data. Effects' outcomes are recorded before it returns."""
+    try:
+        return _through_steps(run, steps, record, redact, effects)
+    finally:
+        if effects is not None:
+            effects.flush_quietly()
+
+
+def _through_steps(
+    run: Run,
+    steps: Sequence[Step],
+    record: Record,
+    redact: Callable[[Any], Any],
+    effects: EffectRegistry | None,
+) -> PromotionResult:
     written = 0
     for step in steps:
+        if effects is not None:
+            effects.at(step.name)
         counters: Counter[str] = Counter()
         try:
             output = step.handle(record, counters)
@@ -273,17 +294,22 @@ def _batch_of(run: Run, step: str, number: int) -> int:
     return run.batches_done.get(step, 0)
 
 
-def open_file_promotion(location: LedgerLocation, view: RunView) -> FilePromotion:
+def open_file_promotion(
+    location: LedgerLocation, view: RunView, effects_for: EffectsFor
+) -> FilePromotion:
     """The run's own job, checked as `ledger resume` checks it, opened with
-    the run's context."""
+    the run's context; its effects keep the run's keys."""
     from ledger.runtime import describe_input
 
     job, input_path, params = prepare_resume(view, None)
     check_input(job, input_path)
     keep_apart(job, params, location)
-    context = RunContext(
-        run_id=UUID(view.run_id), input=describe_input(Path(input_path)), params=params
+    run_id = UUID(view.run_id)
+    source = describe_input(Path(input_path))
+    registry = effects_for(
+        job.effects, lambda step: file_site(run_id, source.sha256, step)
     )
+    context = RunContext(run_id=run_id, input=source, params=params, registry=registry)
     try:
         steps = job.open(context)
     except LedgerError:

@@ -23,6 +23,7 @@ from uuid import UUID
 
 from ledger.config import LedgerLocation
 from ledger.controls import ControlRefused
+from ledger.effects import promotion_effects
 from ledger.errors import LedgerError
 from ledger.operations import (
     BulkResult,
@@ -33,6 +34,7 @@ from ledger.operations import (
 from ledger.quarantine import FAILED, REJECTED, WRITTEN, outcome_words
 
 if TYPE_CHECKING:
+    from ledger.effects import EffectsFor
     from ledger.promotion import MessagePromotionOpener, Promoter
     from ledger.quarantine import PromotionResult
     from ledger.run import Run
@@ -208,8 +210,13 @@ def _promote_in_run(
                     run: Run = ledger.repository.get(UUID(run_id))
                     check_promotable(run, record.quarantine_id)
                     if promoter is None:
+                        effects_for = promotion_effects(ledger, UUID(run_id), by)
                         promoter = _open(
-                            location, view, bootstrap_servers, open_messages
+                            location,
+                            view,
+                            bootstrap_servers,
+                            open_messages,
+                            effects_for,
                         )
                     result = promoter.promote(run, record)
                 except _CannotOpen as failure:
@@ -245,19 +252,20 @@ def _open(
     view: RunView,
     bootstrap_servers: str | None,
     open_messages: MessagePromotionOpener | None,
+    effects_for: EffectsFor,
 ) -> Promoter:
     from ledger.promotion import open_file_promotion
 
     try:
         if view.consumer is None:
-            return open_file_promotion(location, view)
+            return open_file_promotion(location, view, effects_for)
         if open_messages is None:
             raise ControlRefused(
                 f"run {view.run_id} is a Kafka consumer's run: its messages are "
                 "promoted through the Kafka adapter; use `ledger quarantine "
                 "promote`"
             )
-        return open_messages(view, bootstrap_servers)
+        return open_messages(view, bootstrap_servers, effects_for)
     except LedgerError as error:
         raise _CannotOpen(error) from error
 

@@ -21,6 +21,7 @@ from uuid import UUID, uuid4
 import structlog
 
 from ledger.attempt import Attempt, NoProgress, ProgressSink, save_run
+from ledger.effects import EffectRegistry
 from ledger.errors import InputError, LedgerError, RunHeld, RunPaused, Superseded
 from ledger.input_runs import InputRuns, input_runs_id
 from ledger.inputs import (
@@ -30,6 +31,7 @@ from ledger.inputs import (
     resolve_params,
 )
 from ledger.job import InputVersion, Job, RunContext, Step
+from ledger.keys import file_site
 from ledger.lease import Heartbeat
 from ledger.run import ResumePoint, Run
 from ledger.store import AggregateNotFoundError, Ledger
@@ -95,7 +97,9 @@ def run_job(
         return _summary(run, started, already_completed=True)
 
     # Open the job's output, then start or claim the run, then work.
-    context = RunContext(run_id=run.id if run else uuid4(), input=source, params=params)
+    run_id = run.id if run else uuid4()
+    registry = file_effects(ledger, job, run_id, source)
+    context = RunContext(run_id=run_id, input=source, params=params, registry=registry)
     steps = _open_job(job, context)
     try:
         _check_steps(job, steps, run)
@@ -120,9 +124,10 @@ def run_job(
             index.add_run(run.id)
         attempt, resumed_from, events = claim_run(ledger, run, index)
         worker = Attempt(
-            ledger, run, attempt, steps, progress, events, job.redact, params
+            ledger, run, attempt, steps, progress, events, job.redact, params, registry
         )
-        with Heartbeat(ledger, run.id, attempt):
+        with Heartbeat(ledger, run.id, attempt) as heartbeat:
+            registry.bind(attempt, f"attempt {attempt}", heartbeat.check)
             worker.work()
         completed = True
     finally:
@@ -134,6 +139,19 @@ def run_job(
     summary.resumed_from = resumed_from
     summary.events_written = worker.events
     return summary
+
+
+def file_effects(
+    ledger: Ledger, job: Job, run_id: UUID, source: InputVersion
+) -> EffectRegistry:
+    """The effect registry of a file job's run: keys scoped to the run and
+    its input version."""
+    return EffectRegistry(
+        ledger,
+        run_id,
+        job.effects,
+        lambda step: file_site(run_id, source.sha256, step),
+    )
 
 
 def _open_job(job: Job, context: RunContext) -> Sequence[Step]:

@@ -107,10 +107,10 @@ def _promote(location: Any, record: str, *, by: str, reason: str) -> ControlResu
     """Promotion with the Kafka adapter loaded only for a consumer's record,
     as the CLI does: the HTTP adapter and the Kafka one stay apart."""
 
-    def open_messages(view: Any, bootstrap_servers: str | None) -> Any:
+    def open_messages(view: Any, bootstrap_servers: str | None, effects: Any) -> Any:
         from consumers.promotion import open_message_promotion
 
-        return open_message_promotion(view, bootstrap_servers)
+        return open_message_promotion(view, bootstrap_servers, effects)
 
     return promote_record(
         location, record, by=by, reason=reason, open_messages=open_messages

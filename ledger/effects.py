@@ -1,0 +1,365 @@
+"""The effect registry: what a handler calls to make a side effect safely.
+
+A job declares its effects and whether each downstream honours
+idempotency keys; its handlers then make every outside write through
+`context.effect(name, record, call)`. The registry derives the effect's
+key (`ledger.keys`), records the intent in the ledger before `call(key)`
+runs, and records the outcome after, so that a replay knows what was done:
+
+- a completed effect is not called again: its recorded result is returned;
+- an effect whose intent was recorded but whose outcome was not (the
+  worker died in between) is called again with the same key when the
+  downstream honours keys, and counted as repeated after a crash;
+  otherwise it is held as uncertain: the record is quarantined and an
+  operator decides, once, whether it happened (`ledger effects confirm`)
+  or not (`ledger effects retry`);
+- a call that raised is called again next time; when it cannot tell
+  whether the downstream applied it, it raises `EffectOutcomeUnknown`, and
+  a downstream without keys holds the effect as uncertain.
+
+Cost: one ledger transaction for each intent, which must be durable before
+the call. An outcome on a downstream without keys is recorded at once,
+since losing it makes the effect uncertain; on a downstream that honours
+keys, outcomes are kept in memory and recorded together before the batch's
+checkpoint, since losing them only repeats calls the downstream drops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+import orjson
+import structlog
+from eventsourcing.persistence import IntegrityError
+
+from ledger import faults
+from ledger.effect import (
+    AFTER_CRASH,
+    AFTER_FAILURE,
+    AFTER_RELEASE,
+    AFTER_UNKNOWN,
+    COMPLETED,
+    FAILED,
+    INTENDED,
+    RELEASED,
+    UNCERTAIN,
+    Effect,
+)
+from ledger.errors import LedgerError
+from ledger.job import Reject
+from ledger.keys import EffectSite, idempotency_key, record_identity
+from ledger.store import Ledger
+
+__all__ = [
+    "EffectOutcomeUnknown",
+    "EffectPolicy",
+    "EffectRegistry",
+    "EffectUncertain",
+    "EffectUndeclared",
+    "EffectsFor",
+    "promotion_effects",
+]
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+
+# A result is returned on replay in place of the call; a larger one is not
+# kept, and a replay then returns None.
+RESULT_MAX_BYTES = 4096
+
+# Outcomes kept in memory before they are recorded anyway.
+PENDING_MAX = 1000
+
+
+@dataclass(frozen=True)
+class EffectPolicy:
+    """How a job's effect behaves downstream.
+
+    `honours_keys`: the downstream applies a call at most once per
+    idempotency key (it keeps the keys it has seen). Only then may the
+    ledger call it again when it cannot know whether an earlier call landed.
+    """
+
+    honours_keys: bool
+    description: str = ""
+
+
+class EffectUndeclared(LedgerError):
+    """A handler named an effect its job does not declare."""
+
+
+class EffectOutcomeUnknown(Exception):
+    """Raised by an effect's call when it cannot tell whether the downstream
+    applied it (a timeout after sending). Any other exception means that
+    the downstream did not apply it."""
+
+
+class EffectUncertain(Reject):
+    """The effect may or may not have happened, and its downstream does not
+    honour keys: the record waits in quarantine for an operator's decision."""
+
+    def __init__(self, key: UUID, name: str, why: str) -> None:
+        super().__init__(
+            "effect-uncertain",
+            f"effect {name} ({key}) {why}; check the downstream, then "
+            f"`ledger effects confirm {key}` or `ledger effects retry {key}`",
+        )
+        self.key = key
+
+
+class EffectRegistry:
+    """One worker's effects: see the module docstring.
+
+    The runtime binds it to the worker's attempt and tells it the step being
+    worked; until bound, a handler that makes an effect is refused.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        run_id: UUID,
+        declared: Mapping[str, EffectPolicy],
+        site: Callable[[str], EffectSite],
+    ) -> None:
+        self.ledger = ledger
+        self.run_id = run_id
+        self.declared = dict(declared)
+        self._site = site
+        self.step = ""
+        self.attempt = 0
+        self.actor = ""
+        self._holds: Callable[[], None] | None = None
+
+        # Effects that completed in this process, by key: their outcome may
+        # still wait in `_pending`, so the store alone cannot say.
+        self._done: dict[UUID, Any] = {}
+        self._pending: dict[UUID, Effect] = {}
+
+    def bind(self, attempt: int, actor: str, holds: Callable[[], None]) -> None:
+        """From now on effects are made for `attempt`; `holds()` raises when
+        the worker's lease is no longer its own."""
+        self.attempt = attempt
+        self.actor = actor
+        self._holds = holds
+
+    def at(self, step: str) -> None:
+        """The step whose records are handled from now on."""
+        self.step = step
+
+    def key(self, name: str, record: Any, part: str = "") -> UUID:
+        """The idempotency key of effect `name` for `record`."""
+        self._policy(name)
+        return idempotency_key(
+            self._site(self.step), record_identity(record), name, part
+        )
+
+    def call(
+        self, name: str, record: Any, call: Callable[[str], _T], part: str = ""
+    ) -> _T:
+        """Makes effect `name` for `record` once: `call(key)` runs unless the
+        ledger knows it already happened. Returns the call's result, or the
+        recorded one on replay."""
+        policy = self._policy(name)
+        key = self.key(name, record, part)
+        if key in self._done:
+            return self._done[key]  # type: ignore[no-any-return]
+        if self._holds is None:
+            raise EffectUndeclared(
+                f"effect {name} was made outside a run's work; make effects "
+                "from a step's handle or write, or a consumer's handle or write"
+            )
+        self._holds()
+
+        # The intent is durable before the downstream hears of it.
+        effect, found = self._intend(key, name, record, part, policy)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+        faults.hit("after_intent")
+
+        try:
+            result = call(str(key))
+        except EffectOutcomeUnknown as error:
+            self._record_failure(effect, error, outcome_known=False)
+            if policy.honours_keys:
+                raise
+            raise EffectUncertain(key, name, f"may have happened ({error})") from error
+        except Exception as error:
+            self._record_failure(effect, error, outcome_known=True)
+            raise
+        faults.hit("after_effect")
+
+        self._record_result(effect, policy, result)
+        return result
+
+    def flush(self) -> None:
+        """Records the outcomes still held in memory, in one transaction."""
+        if not self._pending:
+            return
+        pending = list(self._pending.values())
+        try:
+            self.ledger.save(*pending)
+        except IntegrityError:
+            # Another process appended to one of them (an operator, a late
+            # worker): record each on top of what the store now holds.
+            for effect in pending:
+                self._save_outcome_again(effect)
+        self._pending.clear()
+
+    def flush_quietly(self) -> None:
+        """`flush` on the way out of a failure, which it must not hide: an
+        outcome it cannot record makes the effect repeat, never vanish."""
+        try:
+            self.flush()
+        except Exception as error:
+            log.warning(
+                "effect.outcomes_not_recorded",
+                run_id=str(self.run_id),
+                count=len(self._pending),
+                error=str(error).splitlines()[0] if str(error) else repr(error),
+            )
+            self._pending.clear()
+
+    def _policy(self, name: str) -> EffectPolicy:
+        try:
+            return self.declared[name]
+        except KeyError:
+            known = ", ".join(sorted(self.declared)) or "none"
+            raise EffectUndeclared(
+                f"effect {name!r} is not declared by the job (declared: {known}); "
+                f"add it to the job's `effects` with EffectPolicy(honours_keys=...)"
+            ) from None
+
+    def _intend(
+        self, key: UUID, name: str, record: Any, part: str, policy: EffectPolicy
+    ) -> tuple[Effect, Any]:
+        """The effect, its intent (or repeat) recorded; or, when the ledger
+        says it happened already, (effect, recorded result)."""
+        effect = Effect.intend(
+            key,
+            run_id=self.run_id,
+            name=name,
+            step=self.step,
+            record=list(record_identity(record)),
+            part=part,
+            honours_keys=policy.honours_keys,
+            attempt=self.attempt,
+            actor=self.actor,
+        )
+        try:
+            self.ledger.save(effect)
+            return effect, None
+        except IntegrityError:
+            pass
+
+        # Made before: by an attempt that died, failed or finished it.
+        stored: Effect = self.ledger.repository.get(key)
+        if stored.state == COMPLETED:
+            self._done[key] = stored.result
+            return stored, stored.result
+        if stored.state == UNCERTAIN:
+            raise EffectUncertain(key, name, "waits for an operator's decision")
+        if stored.state == INTENDED and not policy.honours_keys:
+            stored.hold(
+                self.run_id,
+                self.attempt,
+                self.actor,
+                "no outcome was recorded: the worker that called it stopped "
+                "before it could record one",
+            )
+            self.ledger.save(stored)
+            log.warning(
+                "effect.uncertain", key=str(key), effect=name, run_id=str(self.run_id)
+            )
+            raise EffectUncertain(key, name, "may have happened before a crash")
+
+        after = {
+            INTENDED: AFTER_CRASH,
+            FAILED: AFTER_FAILURE if stored.outcome_known else AFTER_UNKNOWN,
+            RELEASED: AFTER_RELEASE,
+        }[stored.state]
+        stored.repeat(self.run_id, self.attempt, self.actor, after)
+        self.ledger.save(stored)
+        log.info(
+            "effect.repeated",
+            key=str(key),
+            effect=name,
+            after=after,
+            run_id=str(self.run_id),
+            attempt=self.attempt,
+        )
+        return stored, None
+
+    def _record_result(self, effect: Effect, policy: EffectPolicy, result: Any) -> None:
+        kept, recorded = _keepable(result)
+        effect.complete(self.run_id, self.attempt, self.actor, recorded, kept)
+        if not kept:
+            log.warning(
+                "effect.result_not_kept",
+                key=str(effect.id),
+                effect=effect.name,
+                limit_bytes=RESULT_MAX_BYTES,
+            )
+        self._done[effect.id] = result
+        if policy.honours_keys:
+            self._pending[effect.id] = effect
+            if len(self._pending) >= PENDING_MAX:
+                self.flush()
+            return
+        try:
+            self.ledger.save(effect)
+        except IntegrityError:
+            self._save_outcome_again(effect)
+
+    def _record_failure(
+        self, effect: Effect, error: BaseException, *, outcome_known: bool
+    ) -> None:
+        effect.fail(
+            self.run_id, self.attempt, self.actor, error, outcome_known=outcome_known
+        )
+        self.ledger.save(effect)
+
+    def _save_outcome_again(self, effect: Effect) -> None:
+        stored: Effect = self.ledger.repository.get(effect.id)
+        if stored.state == COMPLETED:
+            return
+        stored.complete(self.run_id, self.attempt, self.actor, effect.result, True)
+        try:
+            self.ledger.save(stored)
+        except IntegrityError:
+            log.warning("effect.outcome_not_recorded", key=str(effect.id))
+
+
+# Builds the registry of a job's effects at a site; handed to the code that
+# opens a job outside a worker's attempt (a promotion).
+EffectsFor = Callable[
+    [Mapping[str, EffectPolicy], Callable[[str], EffectSite]], EffectRegistry
+]
+
+
+def promotion_effects(ledger: Ledger, run_id: UUID, by: str) -> EffectsFor:
+    """Registries for an operator's promotion: effects are made outside any
+    attempt (attempt 0), in the operator's name."""
+
+    def effects_for(
+        declared: Mapping[str, EffectPolicy], site: Callable[[str], EffectSite]
+    ) -> EffectRegistry:
+        registry = EffectRegistry(ledger, run_id, declared, site)
+        registry.bind(0, f"promotion by {by}", lambda: None)
+        return registry
+
+    return effects_for
+
+
+def _keepable(result: Any) -> tuple[bool, Any]:
+    """Whether the result can be kept for replays, and what is recorded."""
+    try:
+        encoded = orjson.dumps(result)
+    except TypeError:
+        return False, None
+    if len(encoded) > RESULT_MAX_BYTES:
+        return False, None
+    return True, result
