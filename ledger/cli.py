@@ -15,6 +15,7 @@ import click
 
 from consumers.cli import consume
 from ledger.cli_control import abandon_cmd, pause_cmd
+from ledger.cli_effects import effects
 from ledger.cli_promote import promote_cmd
 from ledger.cli_quarantine import discard_cmd, show_cmd
 from ledger.cli_read import explain_cmd, history, project, quarantine, status
@@ -82,6 +83,7 @@ for _command in (
     history,
     explain_cmd,
     quarantine,
+    effects,
     project,
     serve,
 ):

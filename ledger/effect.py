@@ -26,7 +26,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from ledger.errors import LedgerError
+from ledger.controls import ControlRefused
 
 __all__ = [
     "COMPLETED",
@@ -51,7 +51,7 @@ AFTER_UNKNOWN = "unknown outcome"
 AFTER_RELEASE = "operator"
 
 
-class EffectDecisionRefused(LedgerError):
+class EffectDecisionRefused(ControlRefused):
     """An operator's decision that does not fit the effect's state."""
 
 
@@ -121,6 +121,7 @@ class Effect(Aggregate):
         self.calls = 1
         self.repeats: dict[str, int] = {}
         self.result: Any = None
+        self.result_kept = False
         self.error: str | None = None
 
         # False after a call that raised without knowing whether the
@@ -137,6 +138,7 @@ class Effect(Aggregate):
         def apply(self, effect: Effect) -> None:
             effect.state = COMPLETED
             effect.result = self.result
+            effect.result_kept = self.result_kept
             effect.error = None
 
     def complete(
@@ -221,7 +223,8 @@ class Effect(Aggregate):
         )
 
     class Confirmed(Aggregate.Event):
-        """An operator checked the downstream: the effect happened."""
+        """An operator checked the downstream: the effect happened. Its
+        result is unknown: a handler that reaches it again gets None."""
 
         by: str
         reason: str

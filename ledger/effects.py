@@ -102,11 +102,12 @@ class EffectUncertain(Reject):
     """The effect may or may not have happened, and its downstream does not
     honour keys: the record waits in quarantine for an operator's decision."""
 
-    def __init__(self, key: UUID, name: str, why: str) -> None:
+    def __init__(self, key: UUID, name: str, why: str, payload: Any = None) -> None:
         super().__init__(
             "effect-uncertain",
             f"effect {name} ({key}) {why}; check the downstream, then "
             f"`ledger effects confirm {key}` or `ledger effects retry {key}`",
+            payload,
         )
         self.key = key
 
@@ -175,9 +176,9 @@ class EffectRegistry:
         self._holds()
 
         # The intent is durable before the downstream hears of it.
-        effect, found = self._intend(key, name, record, part, policy)
-        if found is not None:
-            return found  # type: ignore[no-any-return]
+        effect = self._intend(key, name, record, part, policy)
+        if effect.state == COMPLETED:
+            return effect.result  # type: ignore[no-any-return]
         faults.hit("after_intent")
 
         try:
@@ -235,9 +236,9 @@ class EffectRegistry:
 
     def _intend(
         self, key: UUID, name: str, record: Any, part: str, policy: EffectPolicy
-    ) -> tuple[Effect, Any]:
+    ) -> Effect:
         """The effect, its intent (or repeat) recorded; or, when the ledger
-        says it happened already, (effect, recorded result)."""
+        says it happened already, the completed effect with its result."""
         effect = Effect.intend(
             key,
             run_id=self.run_id,
@@ -251,7 +252,7 @@ class EffectRegistry:
         )
         try:
             self.ledger.save(effect)
-            return effect, None
+            return effect
         except IntegrityError:
             pass
 
@@ -259,9 +260,11 @@ class EffectRegistry:
         stored: Effect = self.ledger.repository.get(key)
         if stored.state == COMPLETED:
             self._done[key] = stored.result
-            return stored, stored.result
+            return stored
         if stored.state == UNCERTAIN:
-            raise EffectUncertain(key, name, "waits for an operator's decision")
+            raise EffectUncertain(
+                key, name, "waits for an operator's decision", _data(record)
+            )
         if stored.state == INTENDED and not policy.honours_keys:
             stored.hold(
                 self.run_id,
@@ -274,7 +277,9 @@ class EffectRegistry:
             log.warning(
                 "effect.uncertain", key=str(key), effect=name, run_id=str(self.run_id)
             )
-            raise EffectUncertain(key, name, "may have happened before a crash")
+            raise EffectUncertain(
+                key, name, "may have happened before a crash", _data(record)
+            )
 
         after = {
             INTENDED: AFTER_CRASH,
@@ -291,7 +296,7 @@ class EffectRegistry:
             run_id=str(self.run_id),
             attempt=self.attempt,
         )
-        return stored, None
+        return stored
 
     def _record_result(self, effect: Effect, policy: EffectPolicy, result: Any) -> None:
         kept, recorded = _keepable(result)
@@ -326,7 +331,9 @@ class EffectRegistry:
         stored: Effect = self.ledger.repository.get(effect.id)
         if stored.state == COMPLETED:
             return
-        stored.complete(self.run_id, self.attempt, self.actor, effect.result, True)
+        stored.complete(
+            self.run_id, self.attempt, self.actor, effect.result, effect.result_kept
+        )
         try:
             self.ledger.save(stored)
         except IntegrityError:
@@ -352,6 +359,12 @@ def promotion_effects(ledger: Ledger, run_id: UUID, by: str) -> EffectsFor:
         return registry
 
     return effects_for
+
+
+def _data(record: Any) -> Any:
+    """What a quarantine keeps of the record: a file record's data; a
+    consumer keeps its own preview of a message."""
+    return getattr(record, "data", None)
 
 
 def _keepable(result: Any) -> tuple[bool, Any]:

@@ -18,6 +18,7 @@ from projections.controls import (
     RERUN_TOPIC_PREFIX,
     WORKER_CONTROL_HANDLERS,
 )
+from projections.effects import EFFECT_HANDLERS, EFFECT_TOPIC_PREFIX
 from projections.messages import (
     MESSAGE_HANDLERS,
     MESSAGES_TOPIC_PREFIX,
@@ -277,6 +278,7 @@ _HANDLERS: dict[str, _Handler] = {
 # Each module of the write side that stores events on a run, by topic prefix.
 _BY_MODULE: dict[str, dict[str, _Handler]] = {
     CONTROLS_TOPIC_PREFIX: CONTROL_HANDLERS,
+    EFFECT_TOPIC_PREFIX: EFFECT_HANDLERS,
     MESSAGES_TOPIC_PREFIX: MESSAGE_HANDLERS,
     QUARANTINE_TOPIC_PREFIX: QUARANTINE_HANDLERS,
     RERUN_TOPIC_PREFIX: RERUN_HANDLERS,

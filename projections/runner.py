@@ -28,8 +28,10 @@ PASS_SIZE = 2000
 
 async def ensure_tables(db: ReadDatabase) -> None:
     """Creates the read tables once; a plain read when they exist, so that
-    a read command never waits for the write lock just to look."""
-    if await db.has_table("proj_position"):
+    a read command never waits for the write lock just to look. A ledger
+    made before the newest table (the last of TABLES) gets it here; the
+    events it projects are newer than that table, so no rebuild is needed."""
+    if await db.has_table("proj_position") and await db.has_table(TABLES[-1]):
         await _add_missing_columns(db)
         return
     async with db.writing():

@@ -11,6 +11,7 @@ __all__ = ["ADDED_COLUMNS", "DDL", "PROJECTION_NAME", "TABLES", "UPGRADES"]
 
 PROJECTION_NAME = "ledger-read-model"
 
+# In the order they were introduced: the last is the newest.
 TABLES = (
     "proj_position",
     "proj_runs",
@@ -22,6 +23,7 @@ TABLES = (
     "proj_partitions",
     "proj_superseded",
     "proj_actions",
+    "proj_effects",
 )
 
 DDL = (
@@ -186,6 +188,32 @@ DDL = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS proj_actions_run ON proj_actions (run_id, at)",
+    # Effects: one row per idempotency key, with the runs that made it.
+    """
+    CREATE TABLE IF NOT EXISTS proj_effects (
+        effect_key TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        last_run_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        step TEXT NOT NULL,
+        record TEXT NOT NULL,
+        part TEXT NOT NULL,
+        honours_keys BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        calls BIGINT NOT NULL,
+        repeats_after_crash BIGINT NOT NULL,
+        attempt BIGINT NOT NULL,
+        error TEXT,
+        result TEXT,
+        intended_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        decided_by TEXT,
+        decided_reason TEXT,
+        decided_at TEXT
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS proj_effects_run ON proj_effects (run_id)",
+    "CREATE INDEX IF NOT EXISTS proj_effects_last_run ON proj_effects (last_run_id)",
 )
 
 # Columns added to tables that older ledgers already hold: each is added in

@@ -16,10 +16,12 @@ import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
+
+from ledger.worker import current_worker
 
 REPO = Path(__file__).resolve().parent.parent
 FLIGHTS_JOB = REPO / "examples" / "flights.py"
@@ -164,3 +166,9 @@ def wait_until(check: Callable[[], T], what: str, timeout: float = 60) -> T:
         if time.monotonic() >= deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def dead_worker() -> dict[str, Any]:
+    """This host's worker identity with a pid no process can have."""
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    return {**current_worker(), "pid": pid_max + 1}

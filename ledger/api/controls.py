@@ -25,8 +25,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ledger.api.auth import Caller, require_operator
 from ledger.api.errors import error_responses
-from ledger.api.params import MAX_REASON, RunParam, reason
+from ledger.api.params import MAX_REASON, EffectParam, RunParam, reason
 from ledger.api.responses import JsonResponse
+from ledger.effect_controls import EffectDecision, decide_effect
 from ledger.operations import (
     ControlResult,
     RecordDecision,
@@ -103,18 +104,32 @@ class RerunBody(ControlBody):
     ]
 
 
+def _open_messages(view: Any, bootstrap_servers: str | None, effects: Any) -> Any:
+    """The Kafka adapter, loaded only for a consumer's record, as the CLI
+    does: the HTTP adapter and the Kafka one stay apart."""
+    from consumers.promotion import open_message_promotion
+
+    return open_message_promotion(view, bootstrap_servers, effects)
+
+
 def _promote(location: Any, record: str, *, by: str, reason: str) -> ControlResult:
-    """Promotion with the Kafka adapter loaded only for a consumer's record,
-    as the CLI does: the HTTP adapter and the Kafka one stay apart."""
-
-    def open_messages(view: Any, bootstrap_servers: str | None, effects: Any) -> Any:
-        from consumers.promotion import open_message_promotion
-
-        return open_message_promotion(view, bootstrap_servers, effects)
-
     return promote_record(
-        location, record, by=by, reason=reason, open_messages=open_messages
+        location, record, by=by, reason=reason, open_messages=_open_messages
     )
+
+
+def _decide(done: bool) -> Callable[..., ControlResult]:
+    def apply(location: Any, effect: str, *, by: str, reason: str) -> ControlResult:
+        return decide_effect(
+            location,
+            effect,
+            done=done,
+            by=by,
+            reason=reason,
+            open_messages=_open_messages,
+        )
+
+    return apply
 
 
 CONTROLS: tuple[Control, ...] = (
@@ -182,11 +197,32 @@ CONTROLS: tuple[Control, ...] = (
         "lineage) or failed (it stays pending). Refused with 409 for a record "
         "already discarded or promoted, or a run a live worker holds.",
     ),
+    Control(
+        path="/v1/effects/{effect}/confirm",
+        apply=_decide(done=True),
+        result=EffectDecision,
+        summary="Decide that an uncertain effect happened",
+        description="As `ledger effects confirm KEY --reason TEXT`: the effect "
+        "is recorded as done and never called again; the record waiting in "
+        "quarantine for it is then promoted (`promoted` in the answer). "
+        "Refused with 409 for an effect that is not uncertain.",
+    ),
+    Control(
+        path="/v1/effects/{effect}/retry",
+        apply=_decide(done=False),
+        result=EffectDecision,
+        summary="Decide that an uncertain effect did not happen",
+        description="As `ledger effects retry KEY --reason TEXT`: the record "
+        "waiting in quarantine for it is promoted, and the effect is called "
+        "again with the same key. Refused with 409 for an effect that is not "
+        "uncertain.",
+    ),
 )
 
 # What a path's `{...}` may name, and how it is described.
 _TARGETS: dict[str, Any] = {
     "run": RunParam,
+    "effect": EffectParam,
     "record": Annotated[
         str,
         Path(

@@ -28,6 +28,7 @@ from ledger.errors import (
 )
 from ledger.operations import RunKeptChanging
 from ledger.rerun import PointUnreadable
+from projections.effects import UnknownEffect
 
 __all__ = [
     "ApiError",
@@ -81,6 +82,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _STATUS_OF: tuple[tuple[type[LedgerError], int], ...] = (
     (UnknownRun, 404),
     (UnknownRecord, 404),
+    (UnknownEffect, 404),
     (PointUnreadable, 422),
     (LedgerUnavailable, 503),
     (ControlRefused, 409),

@@ -17,6 +17,8 @@ from pydantic import AfterValidator
 __all__ = [
     "MAX_LIMIT",
     "MAX_REASON",
+    "EffectParam",
+    "EffectStateParam",
     "JobParam",
     "LimitParam",
     "RunParam",
@@ -92,6 +94,24 @@ StateParam = Annotated[
     Query(
         description="Only records in this state: waiting for a decision "
         "(`pending`), or decided; `all` for any."
+    ),
+]
+
+EffectParam = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=_MAX_REF,
+        description="An effect's idempotency key (with or without dashes) or "
+        "a unique prefix of at least 4 of its characters.",
+    ),
+]
+
+EffectStateParam = Annotated[
+    Literal["intended", "completed", "failed", "uncertain", "released"] | None,
+    Query(
+        description="Only effects in this state; `uncertain` ones wait for an "
+        "operator's decision."
     ),
 ]
 

@@ -12,7 +12,15 @@ from fastapi import APIRouter, Depends, Request
 from ledger.api.auth import require_viewer
 from ledger.api.documents import ExplainDocument, HistoryDocument, QuarantineDocument
 from ledger.api.errors import error_responses
-from ledger.api.params import JobParam, LimitParam, RunParam, RunQuery, StateParam
+from ledger.api.params import (
+    EffectParam,
+    EffectStateParam,
+    JobParam,
+    LimitParam,
+    RunParam,
+    RunQuery,
+    StateParam,
+)
 from ledger.api.responses import JsonResponse
 from projections.documents import (
     explain_document,
@@ -22,6 +30,7 @@ from projections.documents import (
     read_run_and_attempts,
     status_document,
 )
+from projections.effects import EffectListing, EffectRow, find_effect, read_effects
 from projections.reader import SharedReader
 from projections.views import RunView, find_run, list_runs
 
@@ -116,3 +125,30 @@ async def get_quarantine(
         lambda db: read_quarantine(db, job or None, limit, run or None, only)
     )
     return JsonResponse(quarantine_document(total, records))
+
+
+@router.get(
+    "/runs/{run}/effects",
+    summary="A run's side effects, one per idempotency key, and how each ended",
+    description="As `ledger effects RUN [--state S] --json`: `counts` by state, "
+    "with `calls` (calls the ledger started) and `repeated_after_crash`.",
+    response_model=EffectListing,
+    responses=_RUN_ERRORS,
+)
+async def get_effects(
+    request: Request, run: RunParam, state: EffectStateParam = None
+) -> JsonResponse:
+    listing = await _reader(request).read(lambda db: read_effects(db, run, state))
+    return JsonResponse(listing.as_dict())
+
+
+@router.get(
+    "/effects/{effect}",
+    summary="One effect: where, state, calls, error and decision",
+    description="As `ledger effects show KEY --json`.",
+    response_model=EffectRow,
+    responses=_RUN_ERRORS,
+)
+async def get_effect(request: Request, effect: EffectParam) -> JsonResponse:
+    row = await _reader(request).read(lambda db: find_effect(db, effect))
+    return JsonResponse(row.as_dict())

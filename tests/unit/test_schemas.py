@@ -2,10 +2,12 @@
 
 The events come from real runs of the flights job through the library: a
 clean run, a run whose output refuses one batch, and the resume of that run
-after a worker died holding it; and from two members of a consumer group
-driven through the consumer's ledger side, without Kafka (see
-consumer_events). Together they store every event type, so a field no
-schema describes, or a schema no run produces, fails here.
+after a worker died holding it; from a run of a small job whose records make
+side effects through `context.effect`, completing, failing, repeating and
+waiting for an operator's decision (see make_every_effect); and from two
+members of a consumer group driven through the consumer's ledger side,
+without Kafka (see consumer_events). Together they store every event type,
+so a field no schema describes, or a schema no run produces, fails here.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from uuid import UUID
 
 import orjson
 import pytest
-from conftest import FLIGHTS_JOB, REPO
+from conftest import FLIGHTS_JOB, REPO, dead_worker
 from consumer_events import record_consumer_runs
+from effect_events import make_every_effect
 from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic
 from jsonschema import Draft202012Validator, FormatChecker
 
 from ledger import Checkpoint, Job, JobFailed, Record, RunContext, Step
 from ledger import controls as controls_module
+from ledger import effect as effect_module
 from ledger import input_runs as input_runs_module
 from ledger import messages as messages_module
 from ledger import quarantine as quarantine_module
@@ -113,12 +117,6 @@ class FlakyFlights(Job):
 
     def close(self, context: RunContext, *, completed: bool) -> None:
         self.flights.close(context, completed=completed)
-
-
-def dead_worker() -> dict[str, Any]:
-    """This host's worker identity with a pid no process can have."""
-    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
-    return {**current_worker(), "pid": pid_max + 1}
 
 
 def run_every_outcome(ledger: Ledger, source_path: Path, folder: Path) -> None:
@@ -217,9 +215,11 @@ def stored_events(ledger: Ledger) -> list[tuple[str, dict[str, Any]]]:
 def events(
     small_flights: Path, sqlite_url: str, tmp_path: Path
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(topic, decoded state) of every event the runs stored, in log order."""
+    """(topic, decoded state) of every event stored, in log order, by the
+    flights runs, the effects' run and the consumer runs described above."""
     with opened(parse_ledger_url(sqlite_url)) as ledger:
         run_every_outcome(ledger, small_flights, tmp_path)
+        make_every_effect(ledger, tmp_path)
         record_consumer_runs(ledger)
         return stored_events(ledger)
 
@@ -247,6 +247,7 @@ EVENT_MODULES = (
     messages_module,
     controls_module,
     quarantine_module,
+    effect_module,
 )
 
 
@@ -458,6 +459,40 @@ def test_broken_partition_items_do_not_validate(
 
         state = copy.deepcopy(real)
         state[items][0][field] = value
+        if validator.is_valid(state):
+            accepted.append((name, field, value))
+    assert accepted == []
+
+
+# In the first stored event of an effect topic: a field, and a value its
+# schema must refuse.
+EFFECT_BREAKAGES = [
+    ("Effect.Intended", "record", ["record", "3"]),
+    ("Effect.Intended", "record", ["record", 3, 4]),
+    ("Effect.Intended", "record", ["message", "numbers", 0]),
+    ("Effect.Intended", "actor", "worker 7"),
+    ("Effect.Completed", "actor", "promotion by ops@example"),
+    ("Effect.Completed", "result_kept", False),
+    ("Effect.Failed", "outcome_known", None),
+    ("Effect.Repeated", "after", "sideways"),
+    ("Effect.Held", "attempt", -1),
+    ("Effect.Confirmed", "reason", ""),
+]
+
+
+def test_broken_effect_events_do_not_validate(
+    events: list[tuple[str, dict[str, Any]]],
+) -> None:
+    schemas = current_schemas()
+    accepted = []
+    for name, field, value in EFFECT_BREAKAGES:
+        topic = f"ledger.effect:{name}"
+        validator = validator_for(schemas[topic])
+        real = next(state for seen, state in events if seen == topic)
+        assert validator.is_valid(real), topic
+
+        state = copy.deepcopy(real)
+        state[field] = value
         if validator.is_valid(state):
             accepted.append((name, field, value))
     assert accepted == []

@@ -1,0 +1,153 @@
+"""Effects for operators: list a run's effects, decide an uncertain one.
+
+One code path for the CLI and the HTTP API. An uncertain effect is one the
+ledger cannot know happened, on a downstream that would apply a repeat: it
+waits for one decision. `confirm` records that it happened; `retry` that
+it did not, so it is called again. Either way the record that waits in
+quarantine for it is then promoted at once: the job's code runs again,
+and the effect returns without a call (confirmed) or is called again with
+the same key (retried). Deciding is the one step an operator takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from ledger.config import LedgerLocation
+from ledger.operations import ControlResult
+
+if TYPE_CHECKING:
+    from ledger.promotion import MessagePromotionOpener
+    from projections.database import ReadDatabase
+    from projections.effects import EffectListing, EffectRow
+
+__all__ = [
+    "EffectDecision",
+    "decide_effect",
+    "list_effects",
+    "show_effect",
+]
+
+
+@dataclass(frozen=True)
+class EffectDecision(ControlResult):
+    """An operator's decision on an uncertain effect (`action` is `confirm`
+    or `retry`), and the promotion of the record waiting for it."""
+
+    key: str = ""
+
+    # The quarantined record promoted after the decision, and how it went.
+    promoted: dict[str, Any] | None = field(default=None)
+
+
+def list_effects(
+    location: LedgerLocation, run_ref: str, state: str | None = None
+) -> EffectListing:
+    """The effects the run made or repeated; `state` narrows them."""
+    from projections.access import read
+    from projections.effects import read_effects
+
+    return read(location, lambda db: read_effects(db, run_ref, state))
+
+
+def show_effect(location: LedgerLocation, key_ref: str) -> EffectRow:
+    """One effect by key or unique prefix of 4 or more."""
+    from projections.access import read
+    from projections.effects import find_effect
+
+    async def query(db: ReadDatabase) -> EffectRow:
+        return await find_effect(db, key_ref)
+
+    return read(location, query)
+
+
+def decide_effect(
+    location: LedgerLocation,
+    key_ref: str,
+    *,
+    done: bool,
+    by: str,
+    reason: str,
+    bootstrap_servers: str | None = None,
+    open_messages: MessagePromotionOpener | None = None,
+) -> EffectDecision:
+    """Records the decision on an uncertain effect, then promotes the record
+    that waits in quarantine for it, if one does."""
+    from ledger.controls import ControlRefused
+    from ledger.effect import Effect
+    from ledger.promotions import promote_record
+    from ledger.store import IntegrityError, opened
+
+    found = show_effect(location, key_ref)
+
+    # Decided on the stream as stored: a worker may have just recorded an
+    # outcome, and then there is nothing left to decide.
+    with opened(location) as ledger:
+        for _ in range(3):
+            effect: Effect = ledger.repository.get(UUID(found.key))
+            effect.decide(done, by, reason)
+            try:
+                ledger.save(effect)
+                break
+            except IntegrityError:
+                continue
+        else:
+            raise ControlRefused(
+                f"effect {found.key} kept changing under this decision; run the "
+                "same command again"
+            )
+    decision = "confirmed" if done else "retried"
+    what = (
+        "recorded as done: it is not called again"
+        if done
+        else "recorded as not done: it is called again with the same key"
+    )
+
+    # The record that waits for it goes back through the job at once.
+    waiting = _waiting_record(location, found)
+    promoted = None
+    then = (
+        "no quarantined record waits for it; the run's next attempt (`ledger "
+        f"resume {found.last_run_id[:8]}`) reaches it"
+    )
+    if waiting is not None:
+        outcome = promote_record(
+            location,
+            waiting,
+            by=by,
+            reason=f"effect {decision}: {reason.strip()}",
+            bootstrap_servers=bootstrap_servers,
+            open_messages=open_messages,
+        )
+        promoted = outcome.as_dict()
+        then = outcome.message
+    return EffectDecision(
+        key=found.key,
+        run_id=found.last_run_id,
+        action="confirm" if done else "retry",
+        by=by,
+        reason=reason.strip(),
+        message=(
+            f"effect {found.name} ({found.key[:8]}, {found.where}) {what}, by "
+            f"{by}; {then}"
+        ),
+        promoted=promoted,
+    )
+
+
+def _waiting_record(location: LedgerLocation, effect: EffectRow) -> str | None:
+    """The pending quarantined record held for this effect, if any."""
+    from projections.access import read
+    from projections.quarantine import select_pending
+
+    async def query(db: ReadDatabase) -> str | None:
+        for run_id in dict.fromkeys((effect.last_run_id, effect.run_id)):
+            pending = await select_pending(db, run_id=run_id, reason="effect-uncertain")
+            for record in pending:
+                if effect.key in record.detail:
+                    return record.quarantine_id
+        return None
+
+    return read(location, query)
