@@ -30,13 +30,13 @@ from aiokafka.structs import TopicPartition
 
 from consumers.job import ConsumerContext, ConsumerJob, Message
 from ledger.attempt import preview_payload
-from ledger.effects import EffectRegistry, EffectsFor
+from ledger.effects import EffectRegistry, EffectsFor, EffectUncertain
 from ledger.errors import InputError, LedgerError
 from ledger.job import Reject
 from ledger.keys import consumer_site
 from ledger.loader import load_job
 from ledger.messages import CONSUME_STEP
-from ledger.promotion import PromotionRefused
+from ledger.promotion import PromotionRefused, effect_waits
 from ledger.quarantine import (
     FAILED,
     REJECTED,
@@ -176,6 +176,8 @@ class MessagePromotion:
         counters: Counter[str] = Counter()
         try:
             output = self.job.handle(message, counters)
+        except EffectUncertain as uncertain:
+            raise effect_waits(uncertain) from None
         except Reject as rejection:
             return self._rejected(message, batch, rejection)
         except Exception as error:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from ledger.config import LedgerLocation
+from ledger.controls import ControlRefused
 from ledger.operations import ControlResult
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ def decide_effect(
 ) -> EffectDecision:
     """Records the decision on an uncertain effect, then promotes the record
     that waits in quarantine for it, if one does."""
-    from ledger.controls import ControlRefused
     from ledger.effect import Effect
     from ledger.promotions import promote_record
     from ledger.store import IntegrityError, opened
@@ -113,16 +113,22 @@ def decide_effect(
         f"resume {found.last_run_id[:8]}`) reaches it"
     )
     if waiting is not None:
-        outcome = promote_record(
-            location,
-            waiting,
-            by=by,
-            reason=f"effect {decision}: {reason.strip()}",
-            bootstrap_servers=bootstrap_servers,
-            open_messages=open_messages,
-        )
-        promoted = outcome.as_dict()
-        then = outcome.message
+        try:
+            outcome = promote_record(
+                location,
+                waiting,
+                by=by,
+                reason=f"effect {decision}: {reason.strip()}",
+                bootstrap_servers=bootstrap_servers,
+                open_messages=open_messages,
+            )
+        except ControlRefused as refusal:
+            # The decision stands; the record waits for what the refusal
+            # names (another uncertain effect of the same record, say).
+            then = f"record {waiting[:8]} stays in quarantine: {refusal}"
+        else:
+            promoted = outcome.as_dict()
+            then = outcome.message
     return EffectDecision(
         key=found.key,
         run_id=found.last_run_id,

@@ -35,7 +35,7 @@ from ledger.attempt import PAYLOAD_PREVIEW_CHARS, preview_payload
 from ledger.checkpoint import Checkpoint
 from ledger.config import LedgerLocation
 from ledger.controls import ControlRefused
-from ledger.effects import EffectRegistry, EffectsFor
+from ledger.effects import EffectRegistry, EffectsFor, EffectUncertain
 from ledger.errors import InputError, LedgerError
 from ledger.job import Job, Record, Reject, RunContext, Step
 from ledger.keys import file_site
@@ -59,6 +59,7 @@ __all__ = [
     "Promoter",
     "PromotionRefused",
     "QuarantinedLike",
+    "effect_waits",
     "open_file_promotion",
     "payload_is_whole",
 ]
@@ -257,6 +258,8 @@ def _through_steps(
         counters: Counter[str] = Counter()
         try:
             output = step.handle(record, counters)
+        except EffectUncertain as uncertain:
+            raise effect_waits(uncertain) from None
         except Reject as rejection:
             again = Requarantine(
                 step=step.name,
@@ -282,6 +285,17 @@ def _through_steps(
             )
         record = Record(number=record.number, position=record.number, data=output)
     return PromotionResult(WRITTEN, steps[-1].name, written)
+
+
+def effect_waits(uncertain: EffectUncertain) -> PromotionRefused:
+    """A promotion refused because the record's effect is still uncertain:
+    promoting it would only quarantine it again."""
+    return PromotionRefused(
+        f"the record waits for a decision on effect {uncertain.key}, which may "
+        f"or may not have happened: `ledger effects confirm {uncertain.key} "
+        f"--reason TEXT` or `ledger effects retry {uncertain.key} --reason TEXT` "
+        "decides it and promotes the record"
+    )
 
 
 def _batch_of(run: Run, step: str, number: int) -> int:

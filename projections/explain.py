@@ -22,6 +22,11 @@ __all__ = [
     "start_over_command",
 ]
 
+# The quarantine reason of a record held for an uncertain effect
+# (`ledger.effects.EffectUncertain`): it waits for `ledger effects`, not
+# for a promotion.
+UNCERTAIN_EFFECT = "effect-uncertain"
+
 
 def short_id(run_id: str) -> str:
     return run_id[:8]
@@ -126,22 +131,34 @@ def consume_command(run: RunView) -> str:
 
 def _quarantine_decision(run: RunView) -> str:
     """The one decision pending quarantined records wait for."""
-    if not run.quarantined:
-        return ""
     short = short_id(run.run_id)
-    one = run.quarantined == 1
-    waiting = (
-        "its quarantined record waits"
-        if one
-        else f"the {run.quarantined:,} quarantined records wait"
-    )
-    them = "it" if one else "them"
-    return (
-        f"; {waiting} for one decision: once the cause is fixed, `ledger "
-        f"quarantine promote --all --run {short}` puts {them} back through the "
-        f"job, or `ledger quarantine discard --all --run {short} --reason TEXT` "
-        f"sets {them} aside (`ledger quarantine list --run {short}` shows {them})"
-    )
+    uncertain = run.quarantined_by_reason.get(UNCERTAIN_EFFECT, 0)
+    others = run.quarantined - uncertain
+    decisions = ""
+    if others:
+        one = others == 1
+        waiting = "its quarantined record waits" if one else (
+            f"the {others:,} quarantined records wait"
+        )  # fmt: skip
+        them = "it" if one else "them"
+        decisions += (
+            f"; {waiting} for one decision: once the cause is fixed, `ledger "
+            f"quarantine promote --all --run {short}` puts {them} back through "
+            f"the job, or `ledger quarantine discard --all --run {short} --reason "
+            f"TEXT` sets {them} aside (`ledger quarantine list --run {short}` "
+            f"shows {them})"
+        )
+    if uncertain:
+        many = "s" if uncertain > 1 else ""
+        decisions += (
+            f"; {uncertain:,} record{many} wait{'' if many else 's'} for a "
+            f"decision on an uncertain effect (its downstream may or may not "
+            "have applied it, and would apply a repeat): check the downstream, "
+            "then `ledger effects confirm KEY --reason TEXT` (it happened) or "
+            f"`ledger effects retry KEY --reason TEXT` (it did not); `ledger "
+            f"effects {short} --state uncertain` lists them"
+        )
+    return decisions
 
 
 def _last_abandon(run: RunView) -> dict[str, Any]:

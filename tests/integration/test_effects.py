@@ -134,8 +134,19 @@ def test_a_crash_on_a_downstream_without_keys_waits_for_one_decision(
     uncertain = _effects(ledger_url, tmp_path, run_id, "--state", "uncertain")
     assert sorted(e["record"][1] for e in uncertain["effects"]) == [13, 22]
     assert uncertain["counts"]["uncertain"] == 2
-    explained = ledger_command(["effects", run_id[:8]], url=ledger_url, cwd=tmp_path)
-    assert "2 uncertain: each waits for one decision" in explained.stdout
+    listed = ledger_command(["effects", run_id[:8]], url=ledger_url, cwd=tmp_path)
+    assert "2 uncertain: each waits for one decision" in listed.stdout
+    explained = ledger_command(["explain", run_id], url=ledger_url, cwd=tmp_path)
+    assert "2 records wait for a decision on an uncertain effect" in explained.stdout
+    assert "quarantine promote --all" not in explained.stdout
+
+    # Promoting them is refused, naming the decision they wait for.
+    promoted = ledger_command(
+        ["quarantine", "promote", "--all", "--run", run_id, "--yes"],
+        url=ledger_url, cwd=tmp_path,
+    )  # fmt: skip
+    assert "waits for a decision on effect" in promoted.stdout + promoted.stderr
+    assert len(_calls(tmp_path / "calls.log")) == 24
 
     # The operator checks the downstream: 13 happened, 22 did not.
     by_record = {e["record"][1]: e["key"] for e in uncertain["effects"]}
