@@ -18,7 +18,10 @@ Poison on demand, by the message's `poison` field:
 Environment: STREAM_TOPIC, STREAM_GROUP, STREAM_SINK (required),
 STREAM_BATCH (max records per batch, default 200), STREAM_SLOW_MS (time
 each message takes, default 0), STREAM_MAX_CRASHES (the quarantine
-policy's max_crashes, default 2).
+policy's max_crashes, default 2), STREAM_ANNOUNCE_FILE (when set, each
+message is also announced through the effect `announce`, whose downstream
+honours keys: a line `KEY TOPIC PARTITION OFFSET` appended to that file
+for every call).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +43,7 @@ from consumers import (
     RetryPolicy,
 )
 from ledger import Reject
+from ledger.effects import EffectPolicy
 
 
 class StreamNumbers(ConsumerJob):
@@ -57,8 +61,13 @@ class StreamNumbers(ConsumerJob):
         "sink": os.environ.get("STREAM_SINK", "stream-sink.sqlite")
     }
     sensitive_fields = frozenset({"secret"})
+    effects: ClassVar[dict[str, EffectPolicy]] = {
+        "announce": EffectPolicy(honours_keys=True)
+    }
 
     def open(self, context: ConsumerContext) -> None:
+        self.context = context
+        self.announce = os.environ.get("STREAM_ANNOUNCE_FILE")
         self.slow = int(os.environ.get("STREAM_SLOW_MS", "0")) / 1000
         self.db = sqlite3.connect(context.params["sink"], isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -89,7 +98,18 @@ class StreamNumbers(ConsumerJob):
         if self.slow:
             time.sleep(self.slow)
         counters["numbers"] += 1
+        if self.announce:
+            self.context.effect("announce", message, self._announcer(message))
         return int(value["n"])
+
+    def _announcer(self, message: Message) -> Callable[[str], None]:
+        def announce(key: str) -> None:
+            with open(str(self.announce), "a") as calls:
+                calls.write(
+                    f"{key} {message.topic} {message.partition} {message.offset}\n"
+                )
+
+        return announce
 
     def write(self, outputs: Sequence[tuple[Message, Any]]) -> int:
         with self.db:
