@@ -16,6 +16,11 @@ The contract a step must keep:
 - `write` must be replay-safe: a batch whose checkpoint did not commit is
   written again on resume, so writing the same outputs twice must leave
   them once (a deterministic key per record and an upsert).
+- Any other write outside the ledger (an API call, a message sent) is an
+  effect: the job declares it in `effects`, and `handle` or `write` makes
+  it through `context.effect(name, record, call)`, which gives `call` the
+  effect's idempotency key and never calls again what the ledger knows
+  happened (`ledger.effects`).
 - A later step reads what the step before it wrote: its record `number`
   is the earlier step's number, and its `data` is the earlier step's
   `handle` output as written. A promoted record (`ledger quarantine
