@@ -153,6 +153,7 @@ def _show_summary(summary: RunSummary, job: Job, *, as_json: bool) -> None:
                 "quarantined_by_reason": summary.quarantined_by_reason,
                 "batches": summary.batches,
                 "events_written": summary.events_written,
+                "effects": summary.effects,
                 "elapsed_seconds": round(summary.elapsed, 3),
             }
         )
@@ -188,8 +189,25 @@ def _show_summary(summary: RunSummary, job: Job, *, as_json: bool) -> None:
     table.add_row("batches", f"{summary.batches:,}")
     table.add_row("attempts", f"{summary.attempt}")
     table.add_row("events written", f"{summary.events_written:,}")
+    if summary.effects:
+        table.add_row("effects", _effects_line(summary.effects))
     table.add_row("elapsed", f"{summary.elapsed:.1f} s")
     console.print(table)
+
+
+def _effects_line(tally: dict[str, int]) -> str:
+    """What the attempt's effects did, in words."""
+    words = [f"{tally.get('called', 0):,} called"]
+    if tally.get("repeated_after_crash"):
+        words.append(f"{tally['repeated_after_crash']:,} of them again after a crash")
+    if tally.get("replayed"):
+        words.append(f"{tally['replayed']:,} done before, not called")
+    if tally.get("uncertain"):
+        words.append(
+            f"{tally['uncertain']:,} uncertain (see `ledger effects RUN --state "
+            "uncertain`)"
+        )
+    return ", ".join(words)
 
 
 def _output_options(command: F) -> F:

@@ -26,6 +26,7 @@ checkpoint, since losing them only repeats calls the downstream drops.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -140,6 +141,12 @@ class EffectRegistry:
         self._done: dict[UUID, Any] = {}
         self._pending: dict[UUID, Effect] = {}
 
+        # What this process did, for the run's summary: `called` (calls
+        # started, repeats included), `repeated_after_crash`, `replayed`
+        # (done before: the recorded result returned, no call) and
+        # `uncertain` (held for a decision).
+        self.tally: Counter[str] = Counter()
+
     def bind(self, attempt: int, actor: str, holds: Callable[[], None]) -> None:
         """From now on effects are made for `attempt`; `holds()` raises when
         the worker's lease is no longer its own."""
@@ -178,7 +185,9 @@ class EffectRegistry:
         # The intent is durable before the downstream hears of it.
         effect = self._intend(key, name, record, part, policy)
         if effect.state == COMPLETED:
+            self.tally["replayed"] += 1
             return effect.result  # type: ignore[no-any-return]
+        self.tally["called"] += 1
         faults.hit("after_intent")
 
         try:
@@ -187,6 +196,7 @@ class EffectRegistry:
             self._record_failure(effect, error, outcome_known=False)
             if policy.honours_keys:
                 raise
+            self.tally["uncertain"] += 1
             raise EffectUncertain(key, name, f"may have happened ({error})") from error
         except Exception as error:
             self._record_failure(effect, error, outcome_known=True)
@@ -262,6 +272,7 @@ class EffectRegistry:
             self._done[key] = stored.result
             return stored
         if stored.state == UNCERTAIN:
+            self.tally["uncertain"] += 1
             raise EffectUncertain(
                 key, name, "waits for an operator's decision", _data(record)
             )
@@ -274,6 +285,7 @@ class EffectRegistry:
                 "before it could record one",
             )
             self.ledger.save(stored)
+            self.tally["uncertain"] += 1
             log.warning(
                 "effect.uncertain", key=str(key), effect=name, run_id=str(self.run_id)
             )
@@ -288,6 +300,8 @@ class EffectRegistry:
         }[stored.state]
         stored.repeat(self.run_id, self.attempt, self.actor, after)
         self.ledger.save(stored)
+        if after == AFTER_CRASH:
+            self.tally["repeated_after_crash"] += 1
         log.info(
             "effect.repeated",
             key=str(key),

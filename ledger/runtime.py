@@ -68,6 +68,9 @@ class RunSummary:
     events_written: int = 0
     elapsed: float = 0.0
 
+    # What this attempt's effects did (see `EffectRegistry.tally`).
+    effects: dict[str, int] = field(default_factory=dict)
+
 
 def run_job(
     ledger: Ledger,
@@ -138,6 +141,7 @@ def run_job(
     summary.attempt = attempt
     summary.resumed_from = resumed_from
     summary.events_written = worker.events
+    summary.effects = dict(registry.tally)
     return summary
 
 
