@@ -75,6 +75,10 @@ RESULT_MAX_BYTES = 4096
 # Outcomes kept in memory before they are recorded anyway.
 PENDING_MAX = 1000
 
+# The name a record's own key is derived under (`record_key`); an effect
+# may not be declared with it.
+RECORD_KEY_NAME = ""
+
 
 @dataclass(frozen=True)
 class EffectPolicy:
@@ -158,6 +162,13 @@ class EffectRegistry:
         """The step whose records are handled from now on."""
         self.step = step
 
+    def record_key(self, record: Any) -> UUID:
+        """The record's own key, for an output keyed by record (an upsert's
+        id): derived as an effect's is, under a name no effect can have."""
+        return idempotency_key(
+            self._site(self.step), record_identity(record), RECORD_KEY_NAME
+        )
+
     def key(self, name: str, record: Any, part: str = "") -> UUID:
         """The idempotency key of effect `name` for `record`."""
         self._policy(name)
@@ -235,6 +246,11 @@ class EffectRegistry:
             self._pending.clear()
 
     def _policy(self, name: str) -> EffectPolicy:
+        if name == RECORD_KEY_NAME:
+            raise EffectUndeclared(
+                "an effect needs a name: declare it in the job's `effects` "
+                "and pass that name"
+            )
         try:
             return self.declared[name]
         except KeyError:

@@ -121,6 +121,11 @@ class EffectContext:
         every attempt, in every process."""
         return str(_registry(self.registry).key(name, record, part))
 
+    def record_key(self, record: Any) -> str:
+        """A key of the record itself, derived as effects' keys are, for an
+        output keyed by record (an upsert's id); never an effect's key."""
+        return str(_registry(self.registry).record_key(record))
+
 
 @dataclass(frozen=True)
 class RunContext(EffectContext):
