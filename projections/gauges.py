@@ -43,6 +43,9 @@ class ReadSideGauges:
 
     consumer_lag: list[PartitionLag] = field(default_factory=list)
 
+    # Effects per (job, state); `uncertain` ones wait for an operator.
+    effects: dict[tuple[str, str], int] = field(default_factory=dict)
+
 
 async def read_gauges(db: ReadDatabase) -> ReadSideGauges:
     """The gauges, from a ledger whose read tables may not exist yet."""
@@ -54,6 +57,7 @@ async def read_gauges(db: ReadDatabase) -> ReadSideGauges:
         events_behind=await db.count_events_after(last),
         newest_projected_at=await _recorded_at(db, last),
         consumer_lag=await _consumer_lag(db),
+        effects=await _effects(db),
     )
 
 
@@ -61,6 +65,17 @@ async def _quarantine(db: ReadDatabase) -> dict[tuple[str, str], int]:
     rows = await db.fetch(
         "SELECT r.job, q.state, COUNT(*) AS n FROM proj_quarantine q "
         "JOIN proj_runs r ON r.run_id = q.run_id GROUP BY r.job, q.state"
+    )
+    return {(row["job"], row["state"]): int(row["n"]) for row in rows}
+
+
+async def _effects(db: ReadDatabase) -> dict[tuple[str, str], int]:
+    # A ledger whose read tables predate effects has none.
+    if not await db.has_table("proj_effects"):
+        return {}
+    rows = await db.fetch(
+        "SELECT r.job, e.state, COUNT(*) AS n FROM proj_effects e "
+        "JOIN proj_runs r ON r.run_id = e.run_id GROUP BY r.job, e.state"
     )
     return {(row["job"], row["state"]): int(row["n"]) for row in rows}
 

@@ -8,6 +8,8 @@ partition names only, never a URL, a parameter or a payload.
 - `ledger_checkpoint_latency_seconds{job}`: histogram of the time from a
   batch's start to its checkpoint, over every checkpoint in the log;
 - `ledger_quarantine_records{job,state}`: quarantined records by state;
+- `ledger_effects{job,state}`: effects by state (`uncertain` ones wait for
+  an operator's decision);
 - `ledger_projection_lag_events`: events in the log the read tables do not
   hold yet;
 - `ledger_projection_last_event_age_seconds`: seconds since the newest event
@@ -132,6 +134,15 @@ def _gauge_families(snapshot: _Snapshot) -> Iterable[Metric]:
     for (job, state), count in sorted(gauges.quarantine.items()):
         quarantine.add_metric([job, state], count)
     yield quarantine
+
+    effects = GaugeMetricFamily(
+        "ledger_effects",
+        "Effects, per job and state; uncertain ones wait for an operator.",
+        labels=["job", "state"],
+    )
+    for (job, state), count in sorted(gauges.effects.items()):
+        effects.add_metric([job, state], count)
+    yield effects
 
     behind = GaugeMetricFamily(
         "ledger_projection_lag_events",

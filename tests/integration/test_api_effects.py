@@ -58,6 +58,9 @@ def test_effects_are_read_and_decided_over_http(
         bad_state = viewer.get(f"/v1/runs/{run_id}/effects", params={"state": "x"})
         assert bad_state.status_code == 422
 
+        metrics = viewer.get("/metrics").text
+        assert 'ledger_effects{job="notify",state="uncertain"} 1.0' in metrics
+
         # A viewer may not decide; an operator decides, and the record
         # waiting for it is promoted without calling the downstream again.
         denied = viewer.post(f"/v1/effects/{key}/confirm", json={"reason": "seen"})
@@ -84,3 +87,5 @@ def test_effects_are_read_and_decided_over_http(
             assert count_events(ledger_url) == before
         completed = viewer.get(f"/v1/runs/{run_id}/effects").json()["counts"]
         assert completed["completed"] == 12
+        metrics = viewer.get("/metrics").text
+        assert 'ledger_effects{job="notify",state="completed"} 12.0' in metrics
