@@ -218,18 +218,26 @@ class EffectRegistry:
         return result
 
     def flush(self) -> None:
-        """Records the outcomes still held in memory, in one transaction."""
-        if not self._pending:
-            return
+        """Records the outcomes still held in memory, in one transaction.
+
+        From then on the store knows every outcome this process saw, so the
+        memory of them is let go: a long-running consumer's registry does
+        not grow with the effects it made."""
         pending = list(self._pending.values())
-        try:
-            self.ledger.save(*pending)
-        except IntegrityError:
-            # Another process appended to one of them (an operator, a late
-            # worker): record each on top of what the store now holds.
-            for effect in pending:
-                self._save_outcome_again(effect)
+        if pending:
+            try:
+                self.ledger.save(*pending)
+            except IntegrityError:
+                # Another process appended to one of them (an operator, a
+                # late worker): record each on top of what the store holds.
+                for effect in pending:
+                    self._save_outcome_again(effect)
         self._pending.clear()
+        self._done.clear()
+
+    def pending_outcomes(self) -> int:
+        """How many effects' outcomes this registry holds in memory."""
+        return len(self._done)
 
     def flush_quietly(self) -> None:
         """`flush` on the way out of a failure, which it must not hide: an
@@ -244,6 +252,7 @@ class EffectRegistry:
                 error=str(error).splitlines()[0] if str(error) else repr(error),
             )
             self._pending.clear()
+            self._done.clear()
 
     def _policy(self, name: str) -> EffectPolicy:
         if name == RECORD_KEY_NAME:

@@ -60,3 +60,24 @@ def test_undeclared_and_unbound_effects_are_refused_naming_the_fix(
         with pytest.raises(EffectUndeclared, match="made outside a run's work"):
             registry.call("bill", record, calls.append)
     assert calls == []
+
+
+def test_the_registry_forgets_outcomes_once_the_store_holds_them(
+    sqlite_url: str,
+) -> None:
+    calls: list[str] = []
+    with opened(parse_ledger_url(sqlite_url)) as ledger:
+        registry = _registry(ledger, uuid4())
+        registry.bind(1, "attempt 1", lambda: None)
+        registry.at("load")
+        records = [Record(number=n, position=n, data=n) for n in range(1, 51)]
+        for record in records:
+            registry.call("bill", record, lambda key: calls.append(key) or key)
+        assert registry.pending_outcomes() == 50
+        registry.flush()
+        assert registry.pending_outcomes() == 0
+
+        # The store answers for them now: nothing is called again.
+        for record in records:
+            assert registry.call("bill", record, calls.append) in calls
+    assert len(calls) == 50
