@@ -93,26 +93,34 @@ def handle_batch(
     batch: Batch,
     *,
     stopped: Callable[[str], bool],
+    begin_record: Callable[[], None] = lambda: None,
 ) -> Handled:
     """Handles every message of the batch, partition by partition.
 
     `stopped(partition)` is asked before each message: a partition taken
     from this consumer mid-batch stops there, and only the work done on it
-    so far is checkpointed.
+    so far is checkpointed. `begin_record()` is called before each try of
+    the handler (the effect registry's).
     """
     handled = Handled()
     for key, messages in batch.items():
         for message in messages:
             if stopped(key):
                 break
-            _handle_one(job, run, message, handled)
+            _handle_one(job, run, message, handled, begin_record)
             first, _ = handled.done.get(key, (message.offset, message.offset))
             handled.done[key] = (first, message.offset)
             handled.counts[key] += 1
     return handled
 
 
-def _handle_one(job: ConsumerJob, run: Run, message: Message, handled: Handled) -> None:
+def _handle_one(
+    job: ConsumerJob,
+    run: Run,
+    message: Message,
+    handled: Handled,
+    begin_record: Callable[[], None],
+) -> None:
     # A message that crashed the worker often enough while handled alone is
     # not handled again. Crashes of whole batches do not count: a process
     # killed from outside (a deploy, the OOM killer, kill -9) looks the same.
@@ -136,6 +144,7 @@ def _handle_one(job: ConsumerJob, run: Run, message: Message, handled: Handled) 
     # Retry what raises; a rejection is the job's verdict, final at once.
     for tries in range(1, job.retry.attempts + 1):
         try:
+            begin_record()
             handled.outputs.append((message, job.handle(message, handled.counters)))
             return
         except Reject as rejection:

@@ -412,11 +412,12 @@ class LedgerConsumer:
                     recorder.current,
                     part,
                     stopped=self._revoking.__contains__,
+                    begin_record=recorder.effects.begin_record,
                 )
                 if self.summary.first_message_after is None and handled.done:
                     self.summary.first_message_after = time.monotonic() - self._started
                 faults.hit("in_batch")
-                written = await self._call(self.job.write, handled.outputs)
+                written = await self._call(self._write, handled.outputs)
                 faults.hit("after_write")
             except BaseException:
                 await self._call(recorder.effects.flush_quietly)
@@ -447,6 +448,10 @@ class LedgerConsumer:
             )
             faults.hit("after_checkpoint")
             await self._after_checkpoint(number, handled, result)
+
+    def _write(self, outputs: list[tuple[Message, Any]]) -> int:
+        self.recorder.effects.begin_record()
+        return self.job.write(outputs)
 
     def _set_aside(self, parts: list[dict[str, list[Message]]]) -> None:
         """Gives back messages fetched but not begun, when a pause is found

@@ -174,6 +174,7 @@ class MessagePromotion:
 
     def _handle(self, message: Message, batch: int) -> PromotionResult:
         counters: Counter[str] = Counter()
+        self.effects.begin_record()
         try:
             output = self.job.handle(message, counters)
         except EffectUncertain as uncertain:
@@ -184,6 +185,7 @@ class MessagePromotion:
             return PromotionResult(
                 FAILED, CONSUME_STEP, 0, type(error).__name__, str(error)
             )
+        self.effects.begin_record()
         try:
             written = self.job.write([(message, output)])
         except Exception as error:

@@ -347,6 +347,7 @@ class Attempt:
         try:
             for record in chunk:
                 try:
+                    self.effects.begin_record()
                     outputs.append((record, step.handle(record, counters)))
                 except Reject as rejection:
                     rejected.append((record, rejection))
@@ -354,6 +355,7 @@ class Attempt:
             faults.hit("in_batch")
 
             # Write the output; replay-safe, so a crash from here on is harmless.
+            self.effects.begin_record()
             written = step.write(outputs)
             faults.hit("after_write")
         except BaseException:

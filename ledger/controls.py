@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from eventsourcing.domain import Aggregate
@@ -30,6 +31,7 @@ __all__ = [
     "lift_pause",
     "operator",
     "pause",
+    "readable_reason",
 ]
 
 
@@ -40,6 +42,29 @@ class ControlRefused(LedgerError):
 class PausedAtBoundary(Exception):
     """A worker about to begin a batch found an operator's pause in force:
     it begins nothing and waits until the pause is lifted."""
+
+
+def readable_reason(text: str) -> str:
+    """The reason as it is recorded (trimmed); refused unless it is one line
+    of text that can be stored and shown (a shell can pass bytes that are
+    not UTF-8, and they reach here as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ControlRefused(
+            "the reason is not valid UTF-8 text; pass --reason with plain text"
+        ) from None
+    if any(unicodedata.category(char) == "Cc" for char in text):
+        raise ControlRefused(
+            "the reason must be one line of text without control characters "
+            "(newlines, tabs, NUL); pass it on one line"
+        )
+    if not text.strip():
+        raise ControlRefused(
+            "a reason is required: pass --reason TEXT saying why (it is "
+            "recorded with the decision)"
+        )
+    return text.strip()
 
 
 def operator(name: str | None = None) -> str:

@@ -26,7 +26,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from ledger.controls import ControlRefused
+from ledger.controls import ControlRefused, readable_reason
 
 __all__ = [
     "COMPLETED",
@@ -257,4 +257,4 @@ class Effect(Aggregate):
                 "you checked on the downstream"
             )
         event = self.Confirmed if done else self.Released
-        self.trigger_event(event, by=by, reason=reason.strip()[:500])
+        self.trigger_event(event, by=by, reason=readable_reason(reason)[:500])

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from ledger.config import LedgerLocation
-from ledger.controls import ControlRefused
+from ledger.controls import ControlRefused, readable_reason
 from ledger.operations import ControlResult
 
 if TYPE_CHECKING:
     from ledger.promotion import MessagePromotionOpener
     from projections.database import ReadDatabase
     from projections.effects import EffectListing, EffectRow
+    from projections.views import RunView
 
 __all__ = [
     "EffectDecision",
@@ -75,43 +76,64 @@ def decide_effect(
     open_messages: MessagePromotionOpener | None = None,
 ) -> EffectDecision:
     """Records the decision on an uncertain effect, then promotes the record
-    that waits in quarantine for it, if one does."""
-    from ledger.effect import Effect
+    that waits in quarantine for it, if one does.
+
+    An effect already decided whose record still waits (its promotion was
+    refused then, a live worker held the run) is not decided again: its
+    record is promoted. An effect whose record a live worker still holds
+    in a batch is refused: the record is quarantined when that batch is
+    checkpointed, and the decision is taken then.
+    """
+    from ledger.effect import COMPLETED, RELEASED, UNCERTAIN, Effect
     from ledger.promotions import promote_record
     from ledger.store import IntegrityError, opened
 
+    reason = readable_reason(reason)
     found = show_effect(location, key_ref)
-
-    # Decided on the stream as stored: a worker may have just recorded an
-    # outcome, and then there is nothing left to decide.
-    with opened(location) as ledger:
-        for _ in range(3):
-            effect: Effect = ledger.repository.get(UUID(found.key))
-            effect.decide(done, by, reason)
-            try:
-                ledger.save(effect)
-                break
-            except IntegrityError:
-                continue
-        else:
-            raise ControlRefused(
-                f"effect {found.key} kept changing under this decision; run the "
-                "same command again"
-            )
+    waiting = _waiting_record(location, found)
     decision = "confirmed" if done else "retried"
-    what = (
-        "recorded as done: it is not called again"
-        if done
-        else "recorded as not done: it is called again with the same key"
-    )
+    settled = found.decision is not None and found.state in (COMPLETED, RELEASED)
+    if settled and waiting is not None:
+        assert found.decision is not None
+        what = (
+            f"was already {'confirmed' if found.state == COMPLETED else 'retried'} "
+            f"by {found.decision['by']}"
+        )
+    else:
+        view = _run_of(location, found.last_run_id)
+        if found.state == UNCERTAIN and waiting is None and view.worker_alive:
+            raise ControlRefused(
+                f"effect {found.key} is uncertain, and the worker of run "
+                f"{view.run_id[:8]} still has its record in a batch: the record "
+                "is quarantined when that batch is checkpointed; decide then "
+                f"(`ledger quarantine list --run {view.run_id[:8]}`)"
+            )
+
+        # Decided on the stream as stored: a worker may have just recorded
+        # an outcome, and then there is nothing left to decide.
+        with opened(location) as ledger:
+            for _ in range(3):
+                effect: Effect = ledger.repository.get(UUID(found.key))
+                effect.decide(done, by, reason)
+                try:
+                    ledger.save(effect)
+                    break
+                except IntegrityError:
+                    continue
+            else:
+                raise ControlRefused(
+                    f"effect {found.key} kept changing under this decision; run "
+                    "the same command again"
+                )
+        what = (
+            "recorded as done: it is not called again"
+            if done
+            else "recorded as not done: it is called again with the same key"
+        )
 
     # The record that waits for it goes back through the job at once.
-    waiting = _waiting_record(location, found)
     promoted = None
-    then = (
-        "no quarantined record waits for it; the run's next attempt (`ledger "
-        f"resume {found.last_run_id[:8]}`) reaches it"
-    )
+    then = _what_reaches_it(location, found, done)
     if waiting is not None:
         try:
             outcome = promote_record(
@@ -124,8 +146,12 @@ def decide_effect(
             )
         except ControlRefused as refusal:
             # The decision stands; the record waits for what the refusal
-            # names (another uncertain effect of the same record, say).
-            then = f"record {waiting[:8]} stays in quarantine: {refusal}"
+            # names (a live worker, another uncertain effect of the record);
+            # the same command promotes it later.
+            then = (
+                f"record {waiting[:8]} stays in quarantine: {refusal}; once "
+                f"that is resolved, the same command promotes it"
+            )
         else:
             promoted = outcome.as_dict()
             then = outcome.message
@@ -140,6 +166,37 @@ def decide_effect(
             f"{by}; {then}"
         ),
         promoted=promoted,
+    )
+
+
+def _run_of(location: LedgerLocation, run_id: str) -> RunView:
+    from projections.access import read
+    from projections.views import find_run
+
+    return read(location, lambda db: find_run(db, run_id))
+
+
+def _what_reaches_it(location: LedgerLocation, effect: EffectRow, done: bool) -> str:
+    """What happens next to an effect no quarantined record waits for."""
+    if done:
+        return "no quarantined record waits for it"
+    view = _run_of(location, effect.last_run_id)
+    short = view.run_id[:8]
+    if view.consumer is not None:
+        return (
+            "no quarantined record waits for it, and a consumer reads no "
+            "message twice: it is called again only if its message is promoted"
+        )
+    if view.state in ("completed", "stopped", "abandoned"):
+        return (
+            f"no quarantined record waits for it and run {short} is "
+            f"{view.state}: `ledger rerun {short} --from step:{effect.step} "
+            "--reason TEXT` reaches it again (effects already done are not "
+            "called again)"
+        )
+    return (
+        "no quarantined record waits for it; the run's next attempt (`ledger "
+        f"resume {short}`) reaches it"
     )
 
 

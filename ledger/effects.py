@@ -55,6 +55,7 @@ from ledger.keys import EffectSite, idempotency_key, record_identity
 from ledger.store import Ledger
 
 __all__ = [
+    "EffectKeyReused",
     "EffectOutcomeUnknown",
     "EffectPolicy",
     "EffectRegistry",
@@ -95,6 +96,20 @@ class EffectPolicy:
 
 class EffectUndeclared(LedgerError):
     """A handler named an effect its job does not declare."""
+
+
+class EffectKeyReused(LedgerError):
+    """One effect made twice for one record with the same `part`."""
+
+    def __init__(self, name: str, record: tuple[str | int, ...], part: str) -> None:
+        where = " ".join(str(item) for item in record)
+        super().__init__(
+            f"effect {name} was made twice for {where}"
+            + (f" with part {part!r}" if part else "")
+            + ": both calls would share one idempotency key, and the second "
+            "would be taken for the first; pass a different `part` to each "
+            "(context.effect(name, record, call, part=...))"
+        )
 
 
 class EffectOutcomeUnknown(Exception):
@@ -151,6 +166,10 @@ class EffectRegistry:
         # `uncertain` (held for a decision).
         self.tally: Counter[str] = Counter()
 
+        # The keys made since the runtime last said a record (or a batch's
+        # write) began.
+        self._this_record: set[UUID] = set()
+
     def bind(self, attempt: int, actor: str, holds: Callable[[], None]) -> None:
         """From now on effects are made for `attempt`; `holds()` raises when
         the worker's lease is no longer its own."""
@@ -161,6 +180,12 @@ class EffectRegistry:
     def at(self, step: str) -> None:
         """The step whose records are handled from now on."""
         self.step = step
+        self._this_record.clear()
+
+    def begin_record(self) -> None:
+        """A handler call (or a batch's write) begins: each effect may be
+        made once per record in it."""
+        self._this_record.clear()
 
     def record_key(self, record: Any) -> UUID:
         """The record's own key, for an output keyed by record (an upsert's
@@ -184,6 +209,12 @@ class EffectRegistry:
         recorded one on replay."""
         policy = self._policy(name)
         key = self.key(name, record, part)
+
+        # Two calls of one effect for one record need parts to tell them
+        # apart; a handler tried again (a consumer's retry) starts afresh.
+        if key in self._this_record:
+            raise EffectKeyReused(name, record_identity(record), part)
+        self._this_record.add(key)
         if key in self._done:
             return self._done[key]  # type: ignore[no-any-return]
         if self._holds is None:
@@ -301,14 +332,19 @@ class EffectRegistry:
             raise EffectUncertain(
                 key, name, "waits for an operator's decision", _data(record)
             )
-        if stored.state == INTENDED and not policy.honours_keys:
-            stored.hold(
-                self.run_id,
-                self.attempt,
-                self.actor,
-                "no outcome was recorded: the worker that called it stopped "
-                "before it could record one",
+        # A repeat needs a downstream that honours keys, as declared both
+        # when the effect was first made and now: a job may learn late that
+        # its downstream does not.
+        honours = stored.honours_keys and policy.honours_keys
+        unknown = stored.state == FAILED and not stored.outcome_known
+        if (stored.state == INTENDED or unknown) and not honours:
+            why = (
+                "its last call could not tell whether it landed"
+                if unknown
+                else "no outcome was recorded: the worker that called it "
+                "stopped before it could record one"
             )
+            stored.hold(self.run_id, self.attempt, self.actor, why)
             self.ledger.save(stored)
             self.tally["uncertain"] += 1
             log.warning(

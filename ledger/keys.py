@@ -23,9 +23,12 @@ from uuid import UUID
 
 import orjson
 
+from ledger.errors import LedgerError
+
 __all__ = [
     "KEY_SCHEME",
     "EffectSite",
+    "KeyPartsUnreadable",
     "consumer_site",
     "file_site",
     "idempotency_key",
@@ -55,16 +58,19 @@ class EffectSite:
       message must keep its key when another member replays it.
     """
 
-    scope: str
+    # Kept as separate items, each its own item of the hashed list: joined
+    # into one string, job "a group b" of group "c" would be job "a" of
+    # group "b group c".
+    scope: tuple[str, ...]
     step: str
 
 
 def file_site(run_id: UUID, input_sha256: str, step: str) -> EffectSite:
-    return EffectSite(f"run {run_id} input {input_sha256}", step)
+    return EffectSite(("run", str(run_id), input_sha256), step)
 
 
 def consumer_site(job: str, group: str, step: str) -> EffectSite:
-    return EffectSite(f"consumer {job} group {group}", step)
+    return EffectSite(("consumer", job, group), step)
 
 
 def idempotency_key(
@@ -82,15 +88,31 @@ def idempotency_key(
     """
     parts = [
         KEY_SCHEME,
-        site.scope,
+        list(site.scope),
         site.step,
         list(record),
         effect,
         part,
     ]
-    digest = hashlib.sha256(orjson.dumps(parts)).digest()
+    try:
+        encoded = orjson.dumps(parts)
+    except TypeError as error:
+        raise KeyPartsUnreadable(parts, error) from None
+    digest = hashlib.sha256(encoded).digest()
     value = int.from_bytes(digest[:16], "big") & _CLEAR
     return UUID(int=value | _VERSION_8 | _VARIANT)
+
+
+class KeyPartsUnreadable(LedgerError):
+    """A key's parts that cannot be encoded: text that is not valid Unicode
+    (a lone surrogate) or an integer beyond 64 bits."""
+
+    def __init__(self, parts: list[Any], error: TypeError) -> None:
+        super().__init__(
+            f"an idempotency key cannot be made of {parts!r} ({error}); pass "
+            "an effect name and part that are plain text, and numbers that fit "
+            "in 64 bits"
+        )
 
 
 def record_identity(record: Any) -> tuple[str | int, ...]:

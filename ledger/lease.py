@@ -39,8 +39,10 @@ class Heartbeat:
         self.seconds = seconds
         self.interval = max(0.2, seconds / 3)
 
-        # The heartbeat's own copy of the run, brought up to date each beat.
+        # The heartbeat's own copy of the run, brought up to date each beat,
+        # and the lease it last saw: kept when the copy is dropped.
         self._run: Run | None = None
+        self._lease_until: str | None = None
 
         # Set once the attempt is no longer the run's open one: the worker
         # learns it on its next append anyway; this says why, sooner.
@@ -51,6 +53,10 @@ class Heartbeat:
         )
 
     def __enter__(self) -> Heartbeat:
+        # The lease as claimed, before any work: `check` needs it from the
+        # first call on, not from the first beat.
+        self._run = self.ledger.repository.get(self.run_id)
+        self._lease_until = self._run.lease_until
         self._thread.start()
         return self
 
@@ -65,14 +71,12 @@ class Heartbeat:
         than two thirds of a lease). Cheap: reads nothing from the store."""
         if self.lost.is_set():
             raise Superseded(str(self.run_id), self.attempt)
-        run = self._run
-        if run is None or not run.lease_until:
-            return
-        if datetime.fromisoformat(run.lease_until) <= datetime.now(UTC):
+        until = self._lease_until
+        if until and datetime.fromisoformat(until) <= datetime.now(UTC):
             raise Superseded(
                 str(self.run_id),
                 self.attempt,
-                f"left without a lease (it ran out at {run.lease_until})",
+                f"left without a lease (it ran out at {until})",
             )
 
     def _beat_loop(self) -> None:
@@ -98,6 +102,7 @@ class Heartbeat:
         if not run.attempt_open or run.attempt != self.attempt:
             self.lost.set()
             return
+        self._lease_until = run.lease_until
 
         # A batch renewed it lately: nothing to write.
         left = datetime.fromisoformat(run.lease_until) - datetime.now(UTC)
@@ -107,6 +112,7 @@ class Heartbeat:
         run.renew_lease(self.attempt, lease_until(self.seconds))
         try:
             self.ledger.save(run)
+            self._lease_until = run.lease_until
         except IntegrityError:
             # The worker saved first, and renewed the lease with it; the
             # copy holds a renewal that never was: read it again next beat.

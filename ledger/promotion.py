@@ -256,6 +256,8 @@ def _through_steps(
         if effects is not None:
             effects.at(step.name)
         counters: Counter[str] = Counter()
+        if effects is not None:
+            effects.begin_record()
         try:
             output = step.handle(record, counters)
         except EffectUncertain as uncertain:
@@ -277,6 +279,8 @@ def _through_steps(
                 FAILED, step.name, written, type(error).__name__, str(error)
             )
 
+        if effects is not None:
+            effects.begin_record()
         try:
             written += step.write([(record, output)])
         except Exception as error:

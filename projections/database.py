@@ -156,6 +156,16 @@ class SQLiteDatabase:
         self.conn.close()
 
 
+def _storable(args: Sequence[Any]) -> tuple[Any, ...]:
+    """The arguments with NUL characters shown as U+FFFD: PostgreSQL's text
+    refuses NUL, and one event carrying it (an error message, a payload)
+    would otherwise stop the read side for good. The event itself keeps it."""
+    return tuple(
+        value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+        for value in args
+    )
+
+
 class PostgresDatabase:
     kind = "postgresql"
 
@@ -174,10 +184,10 @@ class PostgresDatabase:
         return [dict(row) for row in await self.conn.fetch(sql, *args)]
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self.conn.execute(sql, *args)
+        await self.conn.execute(sql, *_storable(args))
 
     async def execute_many(self, sql: str, args: Sequence[tuple[Any, ...]]) -> None:
-        await self.conn.executemany(sql, args)
+        await self.conn.executemany(sql, [_storable(row) for row in args])
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[PostgresDatabase]:

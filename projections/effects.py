@@ -83,12 +83,14 @@ def _completed(key: str, e: dict[str, Any]) -> list[Statement]:
 
 def _failed(key: str, e: dict[str, Any]) -> list[Statement]:
     # A failure that cannot tell whether it landed is uncertain, unless the
-    # downstream drops a repeated key.
+    # downstream drops a repeated key; a decision taken before it (a retry)
+    # is history then (`ledger history` keeps it), not the effect's state.
     return [
         (
             "UPDATE proj_effects SET state = CASE WHEN $3 = 1 OR honours_keys = 1 "
             "THEN 'failed' ELSE 'uncertain' END, last_run_id = $2, attempt = $4, "
-            "error = $5, updated_at = $6 WHERE effect_key = $1",
+            "error = $5, updated_at = $6, decided_by = NULL, decided_reason = NULL, "
+            "decided_at = NULL WHERE effect_key = $1",
             (
                 key,
                 e["run_id"],
@@ -118,7 +120,8 @@ def _held(key: str, e: dict[str, Any]) -> list[Statement]:
     return [
         (
             "UPDATE proj_effects SET state = 'uncertain', last_run_id = $2, "
-            "attempt = $3, error = $4, updated_at = $5 WHERE effect_key = $1",
+            "attempt = $3, error = $4, updated_at = $5, decided_by = NULL, "
+            "decided_reason = NULL, decided_at = NULL WHERE effect_key = $1",
             (key, e["run_id"], e["attempt"], e["why"], e["timestamp"]),
         )
     ]

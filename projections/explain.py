@@ -148,6 +148,18 @@ def _quarantine_decision(run: RunView) -> str:
             f"TEXT` sets {them} aside (`ledger quarantine list --run {short}` "
             f"shows {them})"
         )
+    # Effects held without a record in quarantine (a handler that caught
+    # EffectUncertain and went on, an effect made in `write`).
+    unheld = max(0, run.effects_uncertain - uncertain)
+    if unheld:
+        many = "s" if unheld > 1 else ""
+        decisions += (
+            f"; {unheld:,} uncertain effect{many} wait{'' if many else 's'} for "
+            "a decision (its downstream may or may not have applied it): check "
+            "the downstream, then `ledger effects confirm KEY --reason TEXT` or "
+            f"`ledger effects retry KEY --reason TEXT`; `ledger effects {short} "
+            "--state uncertain` lists them"
+        )
     if uncertain:
         many = "s" if uncertain > 1 else ""
         decisions += (

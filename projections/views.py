@@ -86,6 +86,11 @@ class RunView:
     # Whether a live worker holds the run (running, or paused and waiting).
     worker_alive: bool = False
 
+    # Effects this run holds as uncertain, each waiting for a decision
+    # (`ledger effects confirm|retry`); most also hold a record in
+    # quarantine (reason `effect-uncertain`).
+    effects_uncertain: int = 0
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -232,6 +237,11 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
         "SELECT name, value FROM proj_counters WHERE run_id = $1 ORDER BY name",
         run_id,
     )
+    uncertain = await db.fetch(
+        "SELECT COUNT(*) AS n FROM proj_effects "
+        "WHERE last_run_id = $1 AND state = 'uncertain'",
+        run_id,
+    )
     checkpoint = None
     if row["cp_step"] is not None:
         checkpoint = {
@@ -312,6 +322,7 @@ async def _run_view(db: ReadDatabase, row: dict[str, Any]) -> RunView:
         actions=actions,
         paused=_pause(actions),
         discarded=discarded,
+        effects_uncertain=int(uncertain[0]["n"]),
     )
 
 

@@ -9,7 +9,12 @@ import pytest
 
 from ledger import Record
 from ledger.config import parse_ledger_url
-from ledger.effects import EffectPolicy, EffectRegistry, EffectUndeclared
+from ledger.effects import (
+    EffectKeyReused,
+    EffectPolicy,
+    EffectRegistry,
+    EffectUndeclared,
+)
 from ledger.keys import file_site
 from ledger.store import opened
 
@@ -72,6 +77,7 @@ def test_the_registry_forgets_outcomes_once_the_store_holds_them(
         registry.at("load")
         records = [Record(number=n, position=n, data=n) for n in range(1, 51)]
         for record in records:
+            registry.begin_record()
             registry.call("bill", record, lambda key: calls.append(key) or key)
         assert registry.pending_outcomes() == 50
         registry.flush()
@@ -79,5 +85,25 @@ def test_the_registry_forgets_outcomes_once_the_store_holds_them(
 
         # The store answers for them now: nothing is called again.
         for record in records:
+            registry.begin_record()
             assert registry.call("bill", record, calls.append) in calls
     assert len(calls) == 50
+
+
+def test_one_effect_made_twice_for_one_record_needs_parts(sqlite_url: str) -> None:
+    calls: list[str] = []
+    with opened(parse_ledger_url(sqlite_url)) as ledger:
+        registry = _registry(ledger, uuid4())
+        registry.bind(1, "attempt 1", lambda: None)
+        registry.at("load")
+        record = Record(number=1, position=1, data="x")
+        registry.begin_record()
+        registry.call("bill", record, calls.append)
+        with pytest.raises(EffectKeyReused, match="pass a different `part`"):
+            registry.call("bill", record, calls.append)
+        registry.call("bill", record, calls.append, part="line 2")
+
+        # The handler tried again (a consumer's retry) starts afresh.
+        registry.begin_record()
+        registry.call("bill", record, calls.append)
+    assert len(calls) == 2
