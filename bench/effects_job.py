@@ -30,6 +30,7 @@ import psycopg
 
 from ledger import Checkpoint, Job, Record, RunContext, Step
 from ledger.effects import EffectPolicy
+from ledger.lines import read_lines
 
 __all__ = ["MODES", "SINK", "EffectsJob", "Outbox", "open_outbox"]
 
@@ -131,10 +132,7 @@ class Call:
         return None
 
     def read(self, after: Checkpoint | None) -> Iterator[Record]:
-        start = after.position if after else 0
-        lines = self.path.read_text().splitlines()
-        for number, line in enumerate(lines[start:], start=start + 1):
-            yield Record(number=number, position=number, data=line)
+        return read_lines(self.path, after)
 
     def handle(self, record: Record, counters: Counter[str]) -> Any:
         data = record.data

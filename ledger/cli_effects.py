@@ -14,7 +14,13 @@ import click
 from rich.table import Table
 
 from ledger.cli_promote import open_messages
-from ledger.cli_support import as_option, console, location_of, print_json
+from ledger.cli_support import (
+    as_option,
+    bootstrap_option,
+    console,
+    location_of,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from projections.effects import EffectListing, EffectRow
@@ -175,14 +181,7 @@ def _decision_command(done: bool) -> Any:
         help="What you checked on the downstream (recorded).",
     )
     @as_option
-    @click.option(
-        "--bootstrap-servers",
-        envvar="KAFKA_BOOTSTRAP_SERVERS",
-        show_envvar=True,
-        default=None,
-        metavar="H:P",
-        help="Kafka brokers to fetch a consumer's message from.",
-    )
+    @bootstrap_option
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @click.pass_context
     def command(

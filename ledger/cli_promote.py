@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ledger.cli_quarantine import bulk_filters, check_bulk_form, count_line
-from ledger.cli_support import as_option, location_of, print_json
+from ledger.cli_support import as_option, bootstrap_option, location_of, print_json
 from ledger.errors import LedgerError
 
 if TYPE_CHECKING:
@@ -60,15 +60,7 @@ def open_messages(
     help="Why the records are promoted (recorded; default 'promoted').",
 )
 @as_option
-@click.option(
-    "--bootstrap-servers",
-    envvar="KAFKA_BOOTSTRAP_SERVERS",
-    show_envvar=True,
-    default=None,
-    metavar="H:P",
-    help="Kafka brokers to fetch a consumer's message from (default: where "
-    "its run consumed from).",
-)
+@bootstrap_option
 @click.option("--yes", is_flag=True, help="With --all: do not ask to confirm.")
 @click.option(
     "--dry-run", is_flag=True, help="With --all: only count what would be promoted."

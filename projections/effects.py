@@ -17,6 +17,7 @@ import orjson
 
 from ledger.errors import LedgerError
 from projections.database import ReadDatabase
+from projections.ids import id_prefix
 from projections.statements import Statement, json_text
 
 __all__ = [
@@ -274,13 +275,10 @@ async def count_effects(db: ReadDatabase, run_id: str) -> dict[str, int]:
 
 async def find_effect(db: ReadDatabase, ref: str) -> EffectRow:
     """The effect with this key, or the one whose key starts with it."""
-    wanted = ref.strip().lower()
-    if len(wanted) == 32 and "-" not in wanted:
-        wanted = "-".join(
-            (wanted[:8], wanted[8:12], wanted[12:16], wanted[16:20], wanted[20:])
-        )
-    if len(wanted) < 4 or not all(c in "0123456789abcdef-" for c in wanted):
-        raise UnknownEffect(ref, "a key is hex; give at least 4 of its characters")
+    try:
+        wanted = id_prefix(ref)
+    except ValueError as problem:
+        raise UnknownEffect(ref, f"a key {problem}") from None
     rows = await db.fetch(
         "SELECT * FROM proj_effects WHERE effect_key LIKE $1 "
         "ORDER BY effect_key LIMIT 6",

@@ -25,6 +25,7 @@ import orjson
 
 from ledger.errors import UnknownRecord
 from projections.database import ReadDatabase
+from projections.ids import id_prefix
 from projections.statements import Statement, json_text
 
 __all__ = [
@@ -228,15 +229,11 @@ _SELECT = (
 
 async def find_quarantined(db: ReadDatabase, quarantine_ref: str) -> QuarantinedRecord:
     """The record with this id, or the one record whose id starts with it."""
-    ref = quarantine_ref.strip().lower()
-
-    # A full id pasted without its dashes is still that id.
-    if len(ref) == 32 and "-" not in ref:
-        ref = f"{ref[:8]}-{ref[8:12]}-{ref[12:16]}-{ref[16:20]}-{ref[20:]}"
-    if len(ref) < 4 or not all(c in "0123456789abcdef-" for c in ref):
-        raise UnknownRecord(
-            quarantine_ref, "a quarantine id is hex; give at least 4 of its characters"
-        )
+    # An id or prefix typed without its dashes is still that id.
+    try:
+        ref = id_prefix(quarantine_ref)
+    except ValueError as problem:
+        raise UnknownRecord(quarantine_ref, f"a quarantine id {problem}") from None
     rows = await db.fetch(
         f"{_SELECT} WHERE q.quarantine_id LIKE $1 ORDER BY q.quarantine_id LIMIT 6",
         ref + "%",

@@ -14,6 +14,7 @@ import orjson
 from ledger.errors import UnknownRun
 from ledger.worker import Liveness, liveness
 from projections.database import ReadDatabase
+from projections.ids import id_prefix
 
 __all__ = [
     "AttemptView",
@@ -371,25 +372,14 @@ async def list_runs(db: ReadDatabase, job: str | None = None) -> list[RunView]:
 
 async def find_run(db: ReadDatabase, run_ref: str) -> RunView:
     """The run with this id, or the one run whose id starts with it."""
-    ref = run_ref.strip().lower()
-
-    # An id or prefix typed without its dashes is still that id: put the
-    # dashes back where a run id has them.
-    bare = ref.replace("-", "")
-    if not all(c in "0123456789abcdef" for c in bare):
+    # An id or prefix typed without its dashes is still that id.
+    bare = run_ref.strip().lower().replace("-", "")
+    try:
+        ref = id_prefix(run_ref)
+    except ValueError as problem:
         raise UnknownRun(
-            run_ref, "a run id is hex (0-9, a-f); copy it from `ledger status`"
-        )
-    if len(bare) < 4:
-        raise UnknownRun(run_ref, "give at least 4 characters of the run id")
-    cuts = (8, 12, 16, 20)
-    ref = "-".join(
-        bare[start:end]
-        for start, end in zip((0, *cuts), (*cuts, 32), strict=True)
-        if bare[start:end]
-    )
-    if len(bare) in cuts:
-        ref += "-"
+            run_ref, f"a run id {problem}; copy it from `ledger status`"
+        ) from None
     rows = await db.fetch(
         "SELECT * FROM proj_runs WHERE run_id LIKE $1 ORDER BY started_at LIMIT 6",
         ref + "%",

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from ledger import Checkpoint, Job, Record, RunContext, Step
 from ledger.effects import EffectPolicy
+from ledger.lines import read_lines
 
 
 class Send:
@@ -36,10 +37,7 @@ class Send:
         return None
 
     def read(self, after: Checkpoint | None) -> Iterator[Record]:
-        start = after.position if after else 0
-        lines = self.path.read_text().splitlines()
-        for number, line in enumerate(lines[start:], start=start + 1):
-            yield Record(number=number, position=number, data=line)
+        return read_lines(self.path, after)
 
     def handle(self, record: Record, counters: Counter[str]) -> Any:
         def send(key: str) -> dict[str, str]:

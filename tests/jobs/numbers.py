@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ledger import Checkpoint, InputError, Job, Record, Reject, RunContext, Step
+from ledger.lines import read_lines
 
 
 class Double:
@@ -40,10 +41,7 @@ class Double:
         return None
 
     def read(self, after: Checkpoint | None) -> Iterator[Record]:
-        start = after.position if after else 0
-        lines = self.path.read_text().splitlines()
-        for number, line in enumerate(lines[start:], start=start + 1):
-            yield Record(number=number, position=number, data=line)
+        return read_lines(self.path, after)
 
     def handle(self, record: Record, counters: Counter[str]) -> Any:
         self.job.maybe_fail(self.name)
