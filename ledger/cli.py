@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import click
 
 from consumers.cli import consume
+from ledger import faults
 from ledger.cli_control import abandon_cmd, pause_cmd
 from ledger.cli_effects import effects
 from ledger.cli_promote import promote_cmd
@@ -67,6 +68,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 def cli(ctx: click.Context, ledger_url: str, log_level: str) -> None:
     """An event-sourced recovery ledger for restartable jobs."""
     configure_logging(log_level)
+    faults.check()
     ctx.obj = {"location": parse_ledger_url(ledger_url)}
 
 

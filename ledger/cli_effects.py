@@ -38,10 +38,16 @@ class _EffectsGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group("effects", cls=_EffectsGroup)
-def effects() -> None:
+@click.group("effects", cls=_EffectsGroup, invoke_without_command=True)
+@click.pass_context
+def effects(ctx: click.Context) -> None:
     """A run's side effects: `ledger effects RUN` lists them; `confirm KEY`
     or `retry KEY` decides an uncertain one."""
+    if ctx.invoked_subcommand is None:
+        raise click.UsageError(
+            "name a run: `ledger effects RUN` lists its effects "
+            "(`ledger status` shows the runs)"
+        )
 
 
 @effects.command("list")
@@ -143,7 +149,12 @@ def show_cmd(ctx: click.Context, key_ref: str, as_json: bool) -> None:
     lines = [
         ("key", row.key),
         ("effect", f"{row.name} ({_honours(row.honours_keys)})"),
-        ("run", f"{row.run_id}, last touched by {row.last_run_id}"),
+        (
+            "run",
+            row.run_id
+            if row.last_run_id == row.run_id
+            else f"{row.run_id}, last touched by {row.last_run_id}",
+        ),
         (
             "where",
             f"step {row.step}, {row.where}"

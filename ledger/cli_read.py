@@ -132,7 +132,8 @@ def history(ctx: click.Context, run_ref: str, as_json: bool) -> None:
 
     # Every human decision, with who and why.
     for action in run.actions:
-        target = f" of record {action['target'][:8]}" if action.get("target") else ""
+        noun = "effect" if action["action"].startswith("effect") else "record"
+        target = f" of {noun} {action['target'][:8]}" if action.get("target") else ""
         click.echo(
             f"{_time(action['at'])}: {action['action']}{target} by {action['by']}: "
             f"{action['reason']}"

@@ -190,7 +190,7 @@ def _show_summary(summary: RunSummary, job: Job, *, as_json: bool) -> None:
     table.add_row("attempts", f"{summary.attempt}")
     table.add_row("events written", f"{summary.events_written:,}")
     if summary.effects:
-        table.add_row("effects", _effects_line(summary.effects))
+        table.add_row("effects (this attempt)", _effects_line(summary.effects))
     table.add_row("elapsed", f"{summary.elapsed:.1f} s")
     console.print(table)
 

@@ -124,6 +124,9 @@ class Effect(Aggregate):
         self.result_kept = False
         self.error: str | None = None
 
+        # The last operator decision, in words ("confirmed by olga").
+        self.decided: str | None = None
+
         # False after a call that raised without knowing whether the
         # downstream applied it.
         self.outcome_known = True
@@ -232,6 +235,7 @@ class Effect(Aggregate):
         def apply(self, effect: Effect) -> None:
             effect.state = COMPLETED
             effect.result = None
+            effect.decided = f"confirmed by {self.by}"
 
     class Released(Aggregate.Event):
         """An operator checked the downstream: the effect did not happen, so
@@ -242,12 +246,14 @@ class Effect(Aggregate):
 
         def apply(self, effect: Effect) -> None:
             effect.state = RELEASED
+            effect.decided = f"retried by {self.by}"
 
     def decide(self, done: bool, by: str, reason: str) -> None:
         """Records an operator's decision on an uncertain effect."""
         if self.state != UNCERTAIN:
+            earlier = f" ({self.decided})" if self.decided else ""
             raise EffectDecisionRefused(
-                f"effect {self.id} is {self.state}, not uncertain: only an "
+                f"effect {self.id} is {self.state}{earlier}, not uncertain: only an "
                 "uncertain effect waits for a decision; `ledger effects "
                 f"show {self.id}` tells its story"
             )

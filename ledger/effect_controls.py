@@ -97,7 +97,7 @@ def decide_effect(
         assert found.decision is not None
         what = (
             f"was already {'confirmed' if found.state == COMPLETED else 'retried'} "
-            f"by {found.decision['by']}"
+            f"by {found.decision['by']}; {by} promotes its record"
         )
     else:
         view = _run_of(location, found.last_run_id)
@@ -126,9 +126,10 @@ def decide_effect(
                     "the same command again"
                 )
         what = (
-            "recorded as done: it is not called again"
+            f"confirmed by {by}: recorded as done, never called again"
             if done
-            else "recorded as not done: it is called again with the same key"
+            else f"retried by {by}: recorded as not done, to be called again with "
+            "the same key"
         )
 
     # The record that waits for it goes back through the job at once.
@@ -161,10 +162,7 @@ def decide_effect(
         action="confirm" if done else "retry",
         by=by,
         reason=reason.strip(),
-        message=(
-            f"effect {found.name} ({found.key[:8]}, {found.where}) {what}, by "
-            f"{by}; {then}"
-        ),
+        message=f"effect {found.name} ({found.key[:8]}, {found.where}) {what}; {then}",
         promoted=promoted,
     )
 

@@ -162,8 +162,8 @@ class EffectRegistry:
 
         # What this process did, for the run's summary: `called` (calls
         # started, repeats included), `repeated_after_crash`, `replayed`
-        # (done before: the recorded result returned, no call) and
-        # `uncertain` (held for a decision).
+        # (done before: the recorded result returned, no call), `uncertain`
+        # (held for a decision) and `events` (effect events it stored).
         self.tally: Counter[str] = Counter()
 
         # The keys made since the runtime last said a record (or a batch's
@@ -257,7 +257,7 @@ class EffectRegistry:
         pending = list(self._pending.values())
         if pending:
             try:
-                self.ledger.save(*pending)
+                self._save(*pending)
             except IntegrityError:
                 # Another process appended to one of them (an operator, a
                 # late worker): record each on top of what the store holds.
@@ -284,6 +284,12 @@ class EffectRegistry:
             )
             self._pending.clear()
             self._done.clear()
+
+    def _save(self, *effects: Effect) -> None:
+        """Saves in one transaction, counting the events for the summary."""
+        count = sum(len(effect.pending_events) for effect in effects)
+        self.ledger.save(*effects)
+        self.tally["events"] += count
 
     def _policy(self, name: str) -> EffectPolicy:
         if name == RECORD_KEY_NAME:
@@ -317,7 +323,7 @@ class EffectRegistry:
             actor=self.actor,
         )
         try:
-            self.ledger.save(effect)
+            self._save(effect)
             return effect
         except IntegrityError:
             pass
@@ -345,7 +351,7 @@ class EffectRegistry:
                 "stopped before it could record one"
             )
             stored.hold(self.run_id, self.attempt, self.actor, why)
-            self.ledger.save(stored)
+            self._save(stored)
             self.tally["uncertain"] += 1
             log.warning(
                 "effect.uncertain", key=str(key), effect=name, run_id=str(self.run_id)
@@ -360,7 +366,7 @@ class EffectRegistry:
             RELEASED: AFTER_RELEASE,
         }[stored.state]
         stored.repeat(self.run_id, self.attempt, self.actor, after)
-        self.ledger.save(stored)
+        self._save(stored)
         if after == AFTER_CRASH:
             self.tally["repeated_after_crash"] += 1
         log.info(
@@ -390,7 +396,7 @@ class EffectRegistry:
                 self.flush()
             return
         try:
-            self.ledger.save(effect)
+            self._save(effect)
         except IntegrityError:
             self._save_outcome_again(effect)
 
@@ -400,7 +406,7 @@ class EffectRegistry:
         effect.fail(
             self.run_id, self.attempt, self.actor, error, outcome_known=outcome_known
         )
-        self.ledger.save(effect)
+        self._save(effect)
 
     def _save_outcome_again(self, effect: Effect) -> None:
         stored: Effect = self.ledger.repository.get(effect.id)
@@ -410,7 +416,7 @@ class EffectRegistry:
             self.run_id, self.attempt, self.actor, effect.result, effect.result_kept
         )
         try:
-            self.ledger.save(stored)
+            self._save(stored)
         except IntegrityError:
             log.warning("effect.outcome_not_recorded", key=str(effect.id))
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["POINTS", "enter_batch", "hit"]
+from ledger.errors import InputError
+
+__all__ = ["POINTS", "check", "enter_batch", "hit"]
 
 # The places a batch can die, in the order a batch passes them.
 POINTS = (
@@ -35,6 +37,30 @@ def _armed() -> tuple[str, str, int, int] | None:
         return None
     point, step, batch, *nth = spec.split(":")
     return point, step, int(batch), int(nth[0]) if nth else 1
+
+
+def check() -> None:
+    """Raises InputError when LEDGER_FAULT is set but does not name a
+    failpoint a worker can reach: a typo would otherwise kill nothing."""
+    spec = os.environ.get("LEDGER_FAULT", "")
+    if not spec:
+        return
+    fields = spec.split(":")
+    fix = (
+        "set it to POINT:STEP:BATCH[:N], POINT one of "
+        f"{', '.join(POINTS)} (for example after_write:load:3), or unset it"
+    )
+    if len(fields) not in (3, 4) or not fields[1]:
+        raise InputError("LEDGER_FAULT", f"{spec!r} is not POINT:STEP:BATCH[:N]", fix)
+    if fields[0] not in POINTS:
+        raise InputError("LEDGER_FAULT", f"{fields[0]!r} is not a failpoint", fix)
+    numbers = fields[2:]
+    if not all(n.isdigit() for n in numbers) or (
+        len(numbers) == 2 and numbers[1] == "0"
+    ):
+        raise InputError(
+            "LEDGER_FAULT", "BATCH is a number from 0 and N one from 1", fix
+        )
 
 
 def enter_batch(step: str, batch: int) -> None:

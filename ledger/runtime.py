@@ -140,8 +140,8 @@ def run_job(
     summary = _summary(worker.run, started)
     summary.attempt = attempt
     summary.resumed_from = resumed_from
-    summary.events_written = worker.events
-    summary.effects = dict(registry.tally)
+    summary.events_written = worker.events + registry.tally["events"]
+    summary.effects = {k: v for k, v in registry.tally.items() if k != "events"}
     return summary
 
 

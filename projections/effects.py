@@ -133,8 +133,8 @@ def _decided(state: str, action: str) -> Any:
         return [
             (
                 "UPDATE proj_effects SET state = $2, decided_by = $3, "
-                "decided_reason = $4, decided_at = $5, updated_at = $5 "
-                "WHERE effect_key = $1",
+                "decided_reason = $4, decided_at = $5, updated_at = $5, "
+                "error = NULL WHERE effect_key = $1",
                 (key, state, e["by"], e["reason"], e["timestamp"]),
             ),
             (

@@ -140,7 +140,12 @@ def _gauge_families(snapshot: _Snapshot) -> Iterable[Metric]:
         "Effects, per job and state; uncertain ones wait for an operator.",
         labels=["job", "state"],
     )
-    for (job, state), count in sorted(gauges.effects.items()):
+    # Every job with effects reports its uncertain ones, 0 included: an
+    # alert on the gauge sees it fall back, not vanish.
+    counts = dict(gauges.effects)
+    for job in {job for job, _ in gauges.effects}:
+        counts.setdefault((job, "uncertain"), 0)
+    for (job, state), count in sorted(counts.items()):
         effects.add_metric([job, state], count)
     yield effects
 

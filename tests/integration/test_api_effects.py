@@ -83,7 +83,8 @@ def test_effects_are_read_and_decided_over_http(
             before = count_events(ledger_url)
             again = api.post(f"/v1/effects/{key}/retry", json={"reason": "x"})
             assert again.status_code == 409
-            assert "is completed, not uncertain" in again.json()["error"]
+            refusal = again.json()["error"]
+            assert "is completed (confirmed by alice), not uncertain" in refusal
             assert count_events(ledger_url) == before
         completed = viewer.get(f"/v1/runs/{run_id}/effects").json()["counts"]
         assert completed["completed"] == 12

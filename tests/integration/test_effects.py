@@ -189,7 +189,7 @@ def test_a_crash_on_a_downstream_without_keys_waits_for_one_decision(
         url=ledger_url, cwd=tmp_path,
     )  # fmt: skip
     assert again.returncode == 2
-    assert "is completed, not uncertain" in again.stderr
+    assert "is completed (confirmed by olga), not uncertain" in again.stderr
     assert len(_calls(tmp_path / "calls.log")) == 25
 
 
