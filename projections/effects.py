@@ -18,7 +18,7 @@ import orjson
 from ledger.errors import LedgerError
 from projections.database import ReadDatabase
 from projections.ids import id_prefix
-from projections.statements import Statement, json_text
+from projections.statements import Statement, decision_of, json_text
 
 __all__ = [
     "EFFECT_HANDLERS",
@@ -209,13 +209,7 @@ class EffectListing:
 
 
 def _row(row: dict[str, Any]) -> EffectRow:
-    decision = None
-    if row["decided_by"] is not None:
-        decision = {
-            "by": row["decided_by"],
-            "reason": row["decided_reason"],
-            "at": row["decided_at"],
-        }
+    decision = decision_of(row)
     return EffectRow(
         key=row["effect_key"],
         run_id=row["run_id"],

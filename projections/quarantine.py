@@ -26,7 +26,7 @@ import orjson
 from ledger.errors import UnknownRecord
 from projections.database import ReadDatabase
 from projections.ids import id_prefix
-from projections.statements import Statement, json_text
+from projections.statements import Statement, decision_of, json_text
 
 __all__ = [
     "QUARANTINE_HANDLERS",
@@ -190,13 +190,7 @@ def _record(row: dict[str, Any]) -> QuarantinedRecord:
             found = _SOURCE_IN_DETAIL.match(row["detail"])
             if found is not None:
                 topic, partition = found["topic"], int(found["partition"])
-    decision = None
-    if row["decided_by"] is not None:
-        decision = {
-            "by": row["decided_by"],
-            "reason": row["decided_reason"],
-            "at": row["decided_at"],
-        }
+    decision = decision_of(row)
     return QuarantinedRecord(
         quarantine_id=row["quarantine_id"],
         run_id=row["run_id"],

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Statement", "counter_statements", "json_text"]
+__all__ = ["Statement", "counter_statements", "decision_of", "json_text"]
 
 # One SQL statement with `$1`-style parameters, and its arguments.
 Statement = tuple[str, tuple[Any, ...]]
@@ -27,3 +27,15 @@ def counter_statements(run_id: str, counters: dict[str, int]) -> list[Statement]
         )
         for name, value in sorted(counters.items())
     ]
+
+
+def decision_of(row: dict[str, Any]) -> dict[str, str] | None:
+    """An operator's decision as a read table's `decided_*` columns hold
+    it: who, why and when; None before anyone decided."""
+    if row["decided_by"] is None:
+        return None
+    return {
+        "by": row["decided_by"],
+        "reason": row["decided_reason"],
+        "at": row["decided_at"],
+    }
