@@ -43,10 +43,23 @@ _json_option = click.option(
 
 @click.command()
 @click.argument("job", required=False)
+@click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    metavar="TIME",
+    help="With JOB: its runs as they stood then (ISO 8601, UTC unless it "
+    "names a zone, or an age such as 3d), rebuilt from the log.",
+)
 @_json_option
 @click.pass_context
-def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
+def status(
+    ctx: click.Context, job: str | None, as_of: str | None, as_json: bool
+) -> None:
     """Every job's last good checkpoint and state (or one job's runs)."""
+    if as_of is not None:
+        _status_as_of(ctx, job, as_of, as_json)
+        return
     runs = read(location_of(ctx), lambda db: list_runs(db, job))
     if as_json:
         print_json(status_document(runs))
@@ -75,6 +88,45 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
             resume,
             f"{run.quarantined:,}",
             run.updated_at[:19].replace("T", " "),
+        )
+    console().print(table)
+
+
+def _status_as_of(
+    ctx: click.Context, job: str | None, as_of: str, as_json: bool
+) -> None:
+    from ledger.as_of import status_as_of
+    from ledger.times import parse_moment
+
+    if job is None:
+        raise click.UsageError("--as-of needs a JOB: `ledger status JOB --as-of TIME`")
+    moment = parse_moment(as_of, label="--as-of")
+    runs = status_as_of(location_of(ctx), job, moment)
+    if as_json:
+        print_json([run.as_dict() for run in runs])
+        return
+    when = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    if not runs:
+        click.echo(f"no run of {job} had started by {when}")
+        return
+    table = Table(title=f"ledger status {job} as of {when}")
+    for column in ("run", "state then", "attempts", "last good checkpoint",
+                   "resume point", "quarantined", "last event"):  # fmt: skip
+        table.add_column(column)
+    for run in runs:
+        resume = describe_resume(run.resume_point)
+        if run.partitions:
+            resume = ", ".join(
+                f"{p} at {n:,}" for p, n in sorted(run.partitions.items())
+            )
+        table.add_row(
+            _short(run.run_id),
+            run.state,
+            str(run.attempts),
+            describe_checkpoint(run.last_checkpoint),
+            resume,
+            f"{run.quarantined:,}",
+            run.last_event_at[:19].replace("T", " "),
         )
     console().print(table)
 
