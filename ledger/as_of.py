@@ -125,6 +125,8 @@ def status_as_of(location: LedgerLocation, job: str, moment: datetime) -> list[R
             "ORDER BY started_at DESC",
             job,
         )
+        # Compared as moments, not as text: stored times carry microseconds
+        # only when they are not zero.
         return [
             row["run_id"]
             for row in rows

@@ -21,6 +21,7 @@ from ledger.cli_support import (
     location_of,
     print_json,
 )
+from projections.effects import EFFECT_STATES
 
 if TYPE_CHECKING:
     from projections.effects import EffectListing, EffectRow
@@ -101,7 +102,7 @@ def _table(rows: list[EffectRow]) -> Table:
 
 def _summary(listing: EffectListing) -> str:
     counts = listing.counts
-    total = sum(counts[state] for state in counts if state not in _NOT_STATES)
+    total = sum(counts[state] for state in EFFECT_STATES)
     short = listing.run_id[:8]
     if total == 0:
         return f"run {short} of {listing.job} made no effects."
@@ -124,9 +125,6 @@ def _summary(listing: EffectListing) -> str:
             "lists them"
         )
     return line + "."
-
-
-_NOT_STATES = ("calls", "repeated_after_crash")
 
 
 @effects.command("show")

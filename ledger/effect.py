@@ -107,6 +107,8 @@ class Effect(Aggregate):
         attempt: int,
         actor: str,
     ) -> None:
+        # `attempt` and `actor` are read from the Intended event itself (the
+        # audit trail); the state below is what a replay decides on.
         self.run_id = run_id
         self.name = name
         self.step = step
@@ -114,12 +116,6 @@ class Effect(Aggregate):
         self.part = part
         self.honours_keys = honours_keys
         self.state = INTENDED
-
-        # The attempt of the latest call; 0 for a call made by an operator's
-        # promotion, outside any attempt.
-        self.attempt = attempt
-        self.calls = 1
-        self.repeats: dict[str, int] = {}
         self.result: Any = None
         self.result_kept = False
         self.error: str | None = None
@@ -199,9 +195,6 @@ class Effect(Aggregate):
 
         def apply(self, effect: Effect) -> None:
             effect.state = INTENDED
-            effect.attempt = self.attempt
-            effect.calls += 1
-            effect.repeats[self.after] = effect.repeats.get(self.after, 0) + 1
 
     def repeat(self, run_id: UUID, attempt: int, actor: str, after: str) -> None:
         self.trigger_event(
@@ -256,11 +249,6 @@ class Effect(Aggregate):
                 f"effect {self.id} is {self.state}{earlier}, not uncertain: only an "
                 "uncertain effect waits for a decision; `ledger effects "
                 f"show {self.id}` tells its story"
-            )
-        if not reason.strip():
-            raise EffectDecisionRefused(
-                "a decision needs a reason: pass --reason TEXT saying what "
-                "you checked on the downstream"
             )
         event = self.Confirmed if done else self.Released
         self.trigger_event(event, by=by, reason=readable_reason(reason)[:500])

@@ -84,23 +84,19 @@ def decide_effect(
     in a batch is refused: the record is quarantined when that batch is
     checkpointed, and the decision is taken then.
     """
-    from ledger.effect import COMPLETED, RELEASED, UNCERTAIN, Effect
+    from ledger.effect import COMPLETED, RELEASED, UNCERTAIN
     from ledger.promotions import promote_record
-    from ledger.store import IntegrityError, opened
 
     reason = readable_reason(reason)
-    found = show_effect(location, key_ref)
-    waiting = _waiting_record(location, found)
+    found, waiting, view = _situation(location, key_ref)
     decision = "confirmed" if done else "retried"
-    settled = found.decision is not None and found.state in (COMPLETED, RELEASED)
-    if settled and waiting is not None:
-        assert found.decision is not None
+    earlier = found.decision if found.state in (COMPLETED, RELEASED) else None
+    if earlier is not None and waiting is not None:
         what = (
             f"was already {'confirmed' if found.state == COMPLETED else 'retried'} "
-            f"by {found.decision['by']}; {by} promotes its record"
+            f"by {earlier['by']}; {by} promotes its record"
         )
     else:
-        view = _run_of(location, found.last_run_id)
         if found.state == UNCERTAIN and waiting is None and view.worker_alive:
             raise ControlRefused(
                 f"effect {found.key} is uncertain, and the worker of run "
@@ -108,23 +104,7 @@ def decide_effect(
                 "is quarantined when that batch is checkpointed; decide then "
                 f"(`ledger quarantine list --run {view.run_id[:8]}`)"
             )
-
-        # Decided on the stream as stored: a worker may have just recorded
-        # an outcome, and then there is nothing left to decide.
-        with opened(location) as ledger:
-            for _ in range(3):
-                effect: Effect = ledger.repository.get(UUID(found.key))
-                effect.decide(done, by, reason)
-                try:
-                    ledger.save(effect)
-                    break
-                except IntegrityError:
-                    continue
-            else:
-                raise ControlRefused(
-                    f"effect {found.key} kept changing under this decision; run "
-                    "the same command again"
-                )
+        _record_decision(location, found.key, done, by, reason)
         what = (
             f"confirmed by {by}: recorded as done, never called again"
             if done
@@ -134,14 +114,15 @@ def decide_effect(
 
     # The record that waits for it goes back through the job at once.
     promoted = None
-    then = _what_reaches_it(location, found, done)
-    if waiting is not None:
+    if waiting is None:
+        then = _what_reaches_it(view, found, done)
+    else:
         try:
             outcome = promote_record(
                 location,
                 waiting,
                 by=by,
-                reason=f"effect {decision}: {reason.strip()}",
+                reason=f"effect {decision}: {reason}",
                 bootstrap_servers=bootstrap_servers,
                 open_messages=open_messages,
             )
@@ -161,24 +142,63 @@ def decide_effect(
         run_id=found.last_run_id,
         action="confirm" if done else "retry",
         by=by,
-        reason=reason.strip(),
+        reason=reason,
         message=f"effect {found.name} ({found.key[:8]}, {found.where}) {what}; {then}",
         promoted=promoted,
     )
 
 
-def _run_of(location: LedgerLocation, run_id: str) -> RunView:
+def _situation(
+    location: LedgerLocation, key_ref: str
+) -> tuple[EffectRow, str | None, RunView]:
+    """In one read: the effect, the pending quarantined record held for it
+    (if any), and the run that last touched it."""
     from projections.access import read
+    from projections.effects import find_effect
+    from projections.quarantine import select_pending
     from projections.views import find_run
 
-    return read(location, lambda db: find_run(db, run_id))
+    async def query(db: ReadDatabase) -> tuple[EffectRow, str | None, RunView]:
+        effect = await find_effect(db, key_ref)
+        waiting = None
+        for run_id in dict.fromkeys((effect.last_run_id, effect.run_id)):
+            pending = await select_pending(db, run_id=run_id, reason="effect-uncertain")
+            waiting = next(
+                (r.quarantine_id for r in pending if effect.key in r.detail), None
+            )
+            if waiting is not None:
+                break
+        return effect, waiting, await find_run(db, effect.last_run_id)
+
+    return read(location, query)
 
 
-def _what_reaches_it(location: LedgerLocation, effect: EffectRow, done: bool) -> str:
+def _record_decision(
+    location: LedgerLocation, key: str, done: bool, by: str, reason: str
+) -> None:
+    """Decides on the stream as stored: a worker may have just recorded an
+    outcome, and then there is nothing left to decide."""
+    from ledger.effect import Effect
+    from ledger.store import IntegrityError, opened
+
+    with opened(location) as ledger:
+        for _ in range(3):
+            effect: Effect = ledger.repository.get(UUID(key))
+            effect.decide(done, by, reason)
+            try:
+                ledger.save(effect)
+                return
+            except IntegrityError:
+                continue
+    raise ControlRefused(
+        f"effect {key} kept changing under this decision; run the same command again"
+    )
+
+
+def _what_reaches_it(view: RunView, effect: EffectRow, done: bool) -> str:
     """What happens next to an effect no quarantined record waits for."""
     if done:
         return "no quarantined record waits for it"
-    view = _run_of(location, effect.last_run_id)
     short = view.run_id[:8]
     if view.consumer is not None:
         return (
@@ -196,19 +216,3 @@ def _what_reaches_it(location: LedgerLocation, effect: EffectRow, done: bool) ->
         "no quarantined record waits for it; the run's next attempt (`ledger "
         f"resume {short}`) reaches it"
     )
-
-
-def _waiting_record(location: LedgerLocation, effect: EffectRow) -> str | None:
-    """The pending quarantined record held for this effect, if any."""
-    from projections.access import read
-    from projections.quarantine import select_pending
-
-    async def query(db: ReadDatabase) -> str | None:
-        for run_id in dict.fromkeys((effect.last_run_id, effect.run_id)):
-            pending = await select_pending(db, run_id=run_id, reason="effect-uncertain")
-            for record in pending:
-                if effect.key in record.detail:
-                    return record.quarantine_id
-        return None
-
-    return read(location, query)

@@ -190,13 +190,14 @@ class EffectRegistry:
     def record_key(self, record: Any) -> UUID:
         """The record's own key, for an output keyed by record (an upsert's
         id): derived as an effect's is, under a name no effect can have."""
-        return idempotency_key(
-            self._site(self.step), record_identity(record), RECORD_KEY_NAME
-        )
+        return self._key(RECORD_KEY_NAME, record, "")
 
     def key(self, name: str, record: Any, part: str = "") -> UUID:
         """The idempotency key of effect `name` for `record`."""
         self._policy(name)
+        return self._key(name, record, part)
+
+    def _key(self, name: str, record: Any, part: str) -> UUID:
         return idempotency_key(
             self._site(self.step), record_identity(record), name, part
         )
@@ -208,7 +209,7 @@ class EffectRegistry:
         ledger knows it already happened. Returns the call's result, or the
         recorded one on replay."""
         policy = self._policy(name)
-        key = self.key(name, record, part)
+        key = self._key(name, record, part)
 
         # Two calls of one effect for one record need parts to tell them
         # apart; a handler tried again (a consumer's retry) starts afresh.
@@ -239,7 +240,9 @@ class EffectRegistry:
             if policy.honours_keys:
                 raise
             self.tally["uncertain"] += 1
-            raise EffectUncertain(key, name, f"may have happened ({error})") from error
+            raise EffectUncertain(
+                key, name, f"may have happened ({error})", _data(record)
+            ) from error
         except Exception as error:
             self._record_failure(effect, error, outcome_known=True)
             raise
