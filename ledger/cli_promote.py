@@ -13,13 +13,17 @@ input and refusals, which record nothing.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from ledger.cli_quarantine import bulk_filters, check_bulk_form, count_line
+from ledger.cli_quarantine import (
+    bulk_filters,
+    bulk_query,
+    check_bulk_form,
+    confirm_selection,
+)
 from ledger.cli_support import as_option, bootstrap_option, location_of, print_json
-from ledger.errors import LedgerError
 
 if TYPE_CHECKING:
     from ledger.effects import EffectsFor
@@ -27,19 +31,7 @@ if TYPE_CHECKING:
     from ledger.promotions import BulkPromotion
     from projections.views import RunView
 
-__all__ = ["PromotionNotConfirmed", "open_messages", "promote_cmd"]
-
-
-class PromotionNotConfirmed(LedgerError):
-    """A bulk promotion nobody confirmed: stdin is not a terminal."""
-
-    def __init__(self, count: int) -> None:
-        super().__init__(
-            f"refusing to promote {count:,} records without a confirmation, and "
-            "stdin is not a terminal to ask on: pass --yes to confirm, or "
-            "--dry-run to only count them"
-        )
-        self.count = count
+__all__ = ["open_messages", "promote_cmd"]
 
 
 def open_messages(
@@ -93,14 +85,8 @@ def promote_cmd(
     from ledger.promotions import promote_record, promote_records
     from ledger.quarantine import FAILED
 
-    filters = {
-        "--job": job,
-        "--run": run_ref,
-        "--reason-is": quarantine_reason,
-        "--since": since,
-        "--until": until,
-    }
-    check_bulk_form("promote", quarantine_ref, every, filters, yes=yes, dry_run=dry_run)
+    query = bulk_query(job, run_ref, quarantine_reason, since, until)
+    check_bulk_form("promote", quarantine_ref, every, query, yes=yes, dry_run=dry_run)
     by = operator(as_name)
     location = location_of(ctx)
 
@@ -119,25 +105,11 @@ def promote_cmd(
         return
 
     # Many: count them first, then ask (or not), then act on that selection.
-    query: dict[str, Any] = {
-        "job": job,
-        "run_ref": run_ref,
-        "quarantine_reason": quarantine_reason,
-        "since": since,
-        "until": until,
-    }
     selected = promote_records(location, by=by, reason=reason, dry_run=True, **query)
-    click.echo(count_line(selected, "promoted", dry_run=dry_run), err=as_json)
-    if dry_run or not selected.matched:
-        if as_json:
-            print_json(selected.as_dict())
+    if not confirm_selection(
+        selected, "promote", "promoted", yes=yes, dry_run=dry_run, as_json=as_json
+    ):
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise PromotionNotConfirmed(selected.matched)
-        click.confirm(
-            f"promote these {selected.matched:,} records?", abort=True, err=True
-        )
     done = promote_records(
         location, by=by, reason=reason, quarantine_ids=selected.quarantine_ids,
         bootstrap_servers=bootstrap_servers, open_messages=open_messages, **query,

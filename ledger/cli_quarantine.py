@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfirmationNeeded",
     "bulk_filters",
+    "bulk_query",
     "check_bulk_form",
+    "confirm_selection",
     "count_line",
     "discard_cmd",
     "show_cmd",
@@ -36,9 +38,9 @@ __all__ = [
 class ConfirmationNeeded(LedgerError):
     """A bulk decision nobody confirmed: stdin is not a terminal."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, verb: str, count: int) -> None:
         super().__init__(
-            f"refusing to discard {count:,} records without a confirmation, and "
+            f"refusing to {verb} {count:,} records without a confirmation, and "
             "stdin is not a terminal to ask on: pass --yes to confirm, or "
             "--dry-run to only count them"
         )
@@ -209,14 +211,8 @@ def discard_cmd(
     from ledger.controls import operator
     from ledger.operations import discard_record, discard_records
 
-    filters = {
-        "--job": job,
-        "--run": run_ref,
-        "--reason-is": quarantine_reason,
-        "--since": since,
-        "--until": until,
-    }
-    check_bulk_form("discard", quarantine_ref, every, filters, yes=yes, dry_run=dry_run)
+    query = bulk_query(job, run_ref, quarantine_reason, since, until)
+    check_bulk_form("discard", quarantine_ref, every, query, yes=yes, dry_run=dry_run)
     if reason is None and not dry_run:
         raise click.UsageError(
             "a reason is required: pass --reason TEXT saying why the records "
@@ -235,27 +231,13 @@ def discard_cmd(
         return
 
     # Many: count them first, then ask (or not), then act on that selection.
-    query: dict[str, Any] = {
-        "job": job,
-        "run_ref": run_ref,
-        "quarantine_reason": quarantine_reason,
-        "since": since,
-        "until": until,
-    }
     selected = discard_records(
         location, by=by, reason=reason or "", dry_run=True, **query
     )
-    click.echo(count_line(selected, "discarded", dry_run=dry_run), err=as_json)
-    if dry_run or not selected.matched:
-        if as_json:
-            print_json(selected.as_dict())
+    if not confirm_selection(
+        selected, "discard", "discarded", yes=yes, dry_run=dry_run, as_json=as_json
+    ):
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise ConfirmationNeeded(selected.matched)
-        click.confirm(
-            f"discard these {selected.matched:,} records?", abort=True, err=True
-        )
     done = discard_records(
         location,
         by=by,
@@ -275,11 +257,64 @@ def discard_cmd(
         sys.exit(2)
 
 
+# The bulk filters' options, by their names in a selection's query.
+_FILTER_OPTIONS = {
+    "job": "--job",
+    "run_ref": "--run",
+    "quarantine_reason": "--reason-is",
+    "since": "--since",
+    "until": "--until",
+}
+
+
+def bulk_query(
+    job: str | None,
+    run_ref: str | None,
+    quarantine_reason: str | None,
+    since: str | None,
+    until: str | None,
+) -> dict[str, Any]:
+    """The filters of `bulk_filters`, as the selection functions take them."""
+    return {
+        "job": job,
+        "run_ref": run_ref,
+        "quarantine_reason": quarantine_reason,
+        "since": since,
+        "until": until,
+    }
+
+
+def confirm_selection(
+    selected: BulkResult,
+    verb: str,
+    done: str,
+    *,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> bool:
+    """Prints how many records a bulk decision matches; True when it is to
+    be carried out: not a dry run, something matched, and confirmed (by
+    --yes, or on the terminal)."""
+    click.echo(count_line(selected, done, dry_run=dry_run), err=as_json)
+    if dry_run or not selected.matched:
+        if as_json:
+            print_json(selected.as_dict())
+        return False
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfirmationNeeded(verb, selected.matched)
+        click.confirm(
+            f"{verb} these {selected.matched:,} records?", abort=True, err=True
+        )
+    return True
+
+
 def check_bulk_form(
     verb: str,
     quarantine_ref: str | None,
     every: bool,
-    filters: dict[str, str | None],
+    query: dict[str, Any],
     *,
     yes: bool,
     dry_run: bool,
@@ -296,7 +331,9 @@ def check_bulk_form(
             "list`), or --all with filters such as --job, --run or --reason-is"
         )
     if quarantine_ref is not None:
-        given = [name for name, value in filters.items() if value is not None]
+        given = [
+            _FILTER_OPTIONS[name] for name, value in query.items() if value is not None
+        ]
         given += ["--yes"] if yes else []
         given += ["--dry-run"] if dry_run else []
         if given:
