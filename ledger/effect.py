@@ -107,8 +107,6 @@ class Effect(Aggregate):
         attempt: int,
         actor: str,
     ) -> None:
-        # `attempt` and `actor` are read from the Intended event itself (the
-        # audit trail); the state below is what a replay decides on.
         self.run_id = run_id
         self.name = name
         self.step = step
@@ -116,6 +114,13 @@ class Effect(Aggregate):
         self.part = part
         self.honours_keys = honours_keys
         self.state = INTENDED
+
+        # The attempt of the latest call (0 for an operator's promotion), how
+        # often the downstream was called, and why each repeat was made: the
+        # write side's own count, which the read side's must equal.
+        self.attempt = attempt
+        self.calls = 1
+        self.repeats: dict[str, int] = {}
         self.result: Any = None
         self.result_kept = False
         self.error: str | None = None
@@ -195,6 +200,9 @@ class Effect(Aggregate):
 
         def apply(self, effect: Effect) -> None:
             effect.state = INTENDED
+            effect.attempt = self.attempt
+            effect.calls += 1
+            effect.repeats[self.after] = effect.repeats.get(self.after, 0) + 1
 
     def repeat(self, run_id: UUID, attempt: int, actor: str, after: str) -> None:
         self.trigger_event(
