@@ -23,6 +23,7 @@ from ledger.cli_read import explain_cmd, history, project, quarantine, status
 from ledger.cli_rerun import rerun
 from ledger.cli_run import resume, run
 from ledger.cli_serve import serve
+from ledger.cli_verify import verify_cmd
 from ledger.config import parse_ledger_url
 from ledger.errors import LedgerError
 from ledger.logs import configure_logging
@@ -88,6 +89,7 @@ for _command in (
     effects,
     project,
     serve,
+    verify_cmd,
 ):
     cli.add_command(_command)
 

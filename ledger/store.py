@@ -27,6 +27,7 @@ from eventsourcing.sqlite import SQLiteProcessRecorder
 from psycopg.sql import SQL, Identifier
 
 from ledger import faults
+from ledger.chain import Heads, StreamId, chain_events
 from ledger.codec import OrjsonTranscoder
 from ledger.config import TRACKING_TABLE, LedgerLocation, parse_ledger_url
 from ledger.errors import LedgerUnavailable
@@ -68,7 +69,49 @@ class Ledger(Application[UUID]):
         return recorder.select_positions(prefix)
 
 
-class LedgerSQLiteRecorder(SQLiteProcessRecorder):
+class _ChainingRecorder:
+    """Appends each event's hash-chain keys as it is saved (ledger.chain).
+
+    Mixed into both recorders ahead of the library's class: every save of
+    every stream passes through `insert_events`, so no event is stored
+    outside its chain.
+    """
+
+    _heads: Heads
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if not hasattr(self, "_heads"):
+            self._heads = Heads()
+        events, heads = chain_events(stored_events, self._heads, self._read_event)
+        ids: Sequence[int] | None = super().insert_events(  # type: ignore[misc]
+            events, **kwargs
+        )
+
+        # Only now is the save committed, and its heads safe to reuse.
+        self._heads.put(heads)
+        return ids
+
+    def restore_events(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> Sequence[int] | None:
+        """Stores events that carry their chain keys already, byte for byte
+        (an archived run brought back): chaining them again would break
+        the chain they have."""
+        ids: Sequence[int] | None = super().insert_events(  # type: ignore[misc]
+            stored_events
+        )
+        return ids
+
+    def _read_event(self, stream: StreamId, version: int) -> StoredEvent | None:
+        found: Sequence[StoredEvent] = self.select_events(  # type: ignore[attr-defined]
+            stream, gt=version - 1, lte=version
+        )
+        return found[0] if found else None
+
+
+class LedgerSQLiteRecorder(_ChainingRecorder, SQLiteProcessRecorder):
     """The library's process recorder, with positions of several sources.
 
     A save may carry `trackings`, a list of the library's tracking records
@@ -98,7 +141,7 @@ class LedgerSQLiteRecorder(SQLiteProcessRecorder):
             return {row[0]: int(row[1]) for row in c.fetchall()}
 
 
-class LedgerPostgresRecorder(PostgresProcessRecorder):
+class LedgerPostgresRecorder(_ChainingRecorder, PostgresProcessRecorder):
     """The PostgreSQL twin of LedgerSQLiteRecorder (same contract)."""
 
     def __init__(

@@ -28,6 +28,7 @@ __all__ = [
     "EffectRow",
     "UnknownEffect",
     "count_effects",
+    "effect_keys_of_run",
     "find_effect",
     "read_effects",
     "select_effects",
@@ -265,6 +266,16 @@ async def count_effects(db: ReadDatabase, run_id: str) -> dict[str, int]:
         counts["repeated_after_crash"] += int(row["repeats"] or 0)
         counts["calls"] += int(row["calls"] or 0)
     return counts
+
+
+async def effect_keys_of_run(db: ReadDatabase, run_id: str) -> list[str]:
+    """The keys of the effects the run made first or touched last."""
+    rows = await db.fetch(
+        "SELECT effect_key FROM proj_effects "
+        "WHERE run_id = $1 OR last_run_id = $1 ORDER BY effect_key",
+        run_id,
+    )
+    return [row["effect_key"] for row in rows]
 
 
 async def find_effect(db: ReadDatabase, ref: str) -> EffectRow:

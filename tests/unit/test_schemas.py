@@ -52,6 +52,9 @@ SCHEMA_DIR = REPO / "schemas"
 SCHEMA_BASE_URI = "https://recovery-ledger.invalid/schemas/"
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
+# The keys the store appends to every event's state, last (ledger.chain).
+CHAIN_KEYS = ["prev_hash", "hash"]
+
 # A superseded version kept for events stored in it: NAME.v1.json.
 OLD_VERSION = re.compile(r"\.v(\d+)\.json$")
 
@@ -325,6 +328,11 @@ def test_every_stored_event_matches_its_schema(
     ]
     assert failures == []
 
+    # This version of the ledger chains every event it stores: the schemas
+    # leave the chain keys optional only for events stored before it did.
+    unchained = [topic for topic, state in events if list(state)[-2:] != CHAIN_KEYS]
+    assert unchained == []
+
 
 def test_every_event_class_has_a_current_schema_of_its_version() -> None:
     classes = event_classes()
@@ -359,10 +367,13 @@ def test_schema_file_is_a_strict_draft_2020_12_schema(path: Path) -> None:
     assert schema["x-schema-version"] >= 1
     assert schema["description"].strip()
 
-    # Closed objects: every property required, nothing else allowed.
+    # Closed objects: nothing else allowed, and every property required but
+    # the chain keys, absent from events stored before the ledger kept them.
     assert schema["type"] == "object"
     assert schema["additionalProperties"] is False
-    assert sorted(schema["required"]) == sorted(schema["properties"])
+    assert sorted(schema["required"]) == sorted(
+        set(schema["properties"]) - set(CHAIN_KEYS)
+    )
     assert "timestamp" in schema["properties"]
     undescribed = [
         key
