@@ -153,7 +153,7 @@ def _handle_one(
                     message,
                     rejection.reason,
                     "Reject",
-                    rejection.detail,
+                    str(job.redact(rejection.detail)),
                     tries,
                     crashes,
                 )
@@ -168,7 +168,8 @@ def _handle_one(
                     message,
                     reason="handler-error",
                     error_class=type(error).__name__,
-                    detail=str(error)[:500],
+                    # Redacted whole, then cut: half a secret matches no rule.
+                    detail=str(job.redact(str(error)))[:500],
                     tries=tries,
                     crashes=crashes,
                 )

@@ -46,6 +46,7 @@ from ledger.controls import PausedAtBoundary
 from ledger.errors import JobFailed, LedgerError, LedgerUnavailable, Superseded
 from ledger.lease import Heartbeat
 from ledger.messages import CONSUME_STEP, partition_key
+from ledger.redaction import restored
 
 __all__ = ["ConsumerSummary", "LedgerConsumer"]
 
@@ -165,8 +166,11 @@ class LedgerConsumer:
 
     async def run(self) -> ConsumerSummary:
         """Consumes until stopped (or idle); records why it stopped."""
+        # The claim puts the ledger's and the job's policy in force for the
+        # consumer's life; the process's own comes back afterwards.
         try:
-            return await self._run()
+            with restored():
+                return await self._run()
         finally:
             self._worker.shutdown(wait=False)
 
@@ -203,6 +207,7 @@ class LedgerConsumer:
             await self._close_clients()
             await self._call(self._close_job)
             what = f"{type(error).__name__}: {error}" if str(error) else repr(error)
+            what = str(self.job.redact(what))
             await self._call(recorder.fail, type(error).__name__, what)
             raise JobFailed(
                 self.summary.run_id,

@@ -33,7 +33,8 @@ import orjson
 
 from ledger.effects import EffectPolicy
 from ledger.errors import LedgerError
-from ledger.job import EffectContext, redact_fields
+from ledger.job import EffectContext
+from ledger.redaction import NOTHING, Redaction, for_job
 
 __all__ = [
     "ConsumerContext",
@@ -121,6 +122,10 @@ class ConsumerContext(EffectContext):
     params: dict[str, Any] = field(default_factory=dict)
 
 
+# How much of a message that is not JSON is read to make its preview.
+_PREVIEW_SCAN_BYTES = 64 * 1024
+
+
 class ConsumerJob(ABC):
     """A named, versioned consumer of some topics in one consumer group."""
 
@@ -148,26 +153,41 @@ class ConsumerJob(ABC):
     # Fields whose values never reach the ledger or the logs.
     sensitive_fields: ClassVar[frozenset[str]] = frozenset()
 
+    # More to redact before anything is recorded: field names, dotted paths
+    # and named patterns, added to the ledger-wide policy.
+    redaction: ClassVar[Redaction] = NOTHING
+
     # The side effects `handle` and `write` make through `context.effect`,
     # by name, and whether each downstream honours idempotency keys.
     effects: ClassVar[dict[str, EffectPolicy]] = {}
 
     def redact(self, payload: Any) -> Any:
-        return redact_fields(payload, self.sensitive_fields)
+        """The payload (or text) as it may be recorded."""
+        return self.policy().redact(payload)
+
+    def policy(self) -> Redaction:
+        """The policy in force for this job: the ledger-wide one, its own
+        `redaction`, and its `sensitive_fields` as field names."""
+        return for_job(self.redaction, self.sensitive_fields)
 
     def preview(self, message: Message) -> Any:
         """What the ledger keeps of a quarantined message: its value as
-        JSON when it is JSON, redacted, else its first bytes as text."""
+        JSON when it is JSON, redacted, else its first bytes as redacted
+        text. Headers are not kept."""
         try:
             return self.redact(message.json())
         except ValueError:
             raw = message.value or b""
 
-            # Fields cannot be found in what does not parse: when the job
-            # names sensitive fields, none of its bytes are kept.
+            # Fields cannot be found for sure in what does not parse: when
+            # the job names sensitive fields, none of its bytes are kept.
             if self.sensitive_fields:
                 return f"[{len(raw)} bytes, not JSON: withheld, sensitive fields]"
-            return raw[:500].decode("utf-8", "replace")
+
+            # Redacted whole, then cut: a cut first could leave half a
+            # secret that no pattern recognises.
+            text = raw[:_PREVIEW_SCAN_BYTES].decode("utf-8", "replace")
+            return str(self.redact(text))[:500]
 
     def open(self, context: ConsumerContext) -> None:  # noqa: B027 - optional
         """Prepares the output, once per process."""

@@ -15,6 +15,7 @@ from ledger.errors import (
     UnknownRun,
 )
 from ledger.job import REDACTED, InputVersion, Job, Record, Reject, RunContext, Step
+from ledger.redaction import Redaction
 from ledger.run import Checkpoint, ResumePoint, Run
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "LedgerUnavailable",
     "OutputLost",
     "Record",
+    "Redaction",
     "Reject",
     "ResumePoint",
     "Run",

@@ -66,9 +66,12 @@ def list_cmd(
     ctx: click.Context, run_ref: str, state: str | None, as_json: bool
 ) -> None:
     """The run's effects, one per idempotency key, and how each ended."""
+    from ledger.cli_support import use_output_policy
     from ledger.effect_controls import list_effects
+    from ledger.redaction import shown
 
-    listing = list_effects(location_of(ctx), run_ref, state)
+    use_output_policy(location_of(ctx))
+    listing = shown(list_effects(location_of(ctx), run_ref, state))
     if as_json:
         print_json(listing.as_dict())
         return
@@ -133,9 +136,12 @@ def _summary(listing: EffectListing) -> str:
 @click.pass_context
 def show_cmd(ctx: click.Context, key_ref: str, as_json: bool) -> None:
     """One effect in full: where, state, calls and decision."""
+    from ledger.cli_support import use_output_policy
     from ledger.effect_controls import show_effect
+    from ledger.redaction import shown
 
-    row = show_effect(location_of(ctx), key_ref)
+    use_output_policy(location_of(ctx))
+    row = shown(show_effect(location_of(ctx), key_ref))
     if as_json:
         print_json(row.as_dict())
         return
@@ -203,6 +209,7 @@ def _decision_command(done: bool) -> Any:
     ) -> None:
         from ledger.controls import operator
         from ledger.effect_controls import decide_effect
+        from ledger.redaction import shown
 
         result = decide_effect(
             location_of(ctx),
@@ -216,7 +223,7 @@ def _decision_command(done: bool) -> Any:
         if as_json:
             print_json(result.as_dict())
             return
-        click.echo(result.message)
+        click.echo(shown(result.message))
 
     return command
 

@@ -179,14 +179,17 @@ class Effect(Aggregate):
         error: BaseException,
         *,
         outcome_known: bool,
+        message: str | None = None,
     ) -> None:
+        """Records the call's failure; `message`, when given, is the error's
+        message as it may be recorded (redacted)."""
         self.trigger_event(
             self.Failed,
             run_id=str(run_id),
             attempt=attempt,
             actor=actor,
             error_class=type(error).__name__,
-            message=str(error)[:500],
+            message=(str(error) if message is None else message)[:500],
             outcome_known=outcome_known,
         )
 

@@ -52,6 +52,7 @@ from ledger.effect import (
 from ledger.errors import LedgerError
 from ledger.job import Reject
 from ledger.keys import EffectSite, idempotency_key, record_identity
+from ledger.redaction import in_force
 from ledger.store import Ledger
 
 __all__ = [
@@ -383,14 +384,14 @@ class EffectRegistry:
         return stored
 
     def _record_result(self, effect: Effect, policy: EffectPolicy, result: Any) -> None:
-        kept, recorded = _keepable(result)
+        kept, recorded, why = _keepable(result)
         effect.complete(self.run_id, self.attempt, self.actor, recorded, kept)
         if not kept:
             log.warning(
                 "effect.result_not_kept",
                 key=str(effect.id),
                 effect=effect.name,
-                limit_bytes=RESULT_MAX_BYTES,
+                why=why,
             )
         self._done[effect.id] = result
         if policy.honours_keys:
@@ -406,8 +407,14 @@ class EffectRegistry:
     def _record_failure(
         self, effect: Effect, error: BaseException, *, outcome_known: bool
     ) -> None:
+        # Redacted whole, then cut: half a secret matches no pattern.
         effect.fail(
-            self.run_id, self.attempt, self.actor, error, outcome_known=outcome_known
+            self.run_id,
+            self.attempt,
+            self.actor,
+            error,
+            outcome_known=outcome_known,
+            message=in_force().redact_text(str(error)),
         )
         self._save(effect)
 
@@ -451,12 +458,16 @@ def _data(record: Any) -> Any:
     return getattr(record, "data", None)
 
 
-def _keepable(result: Any) -> tuple[bool, Any]:
-    """Whether the result can be kept for replays, and what is recorded."""
+def _keepable(result: Any) -> tuple[bool, Any, str]:
+    """Whether the result can be kept for replays, what is recorded, and
+    why not. A result that holds what the policy in force redacts is not
+    kept: a replay given a redacted result would act on a wrong value."""
     try:
         encoded = orjson.dumps(result)
     except TypeError:
-        return False, None
+        return False, None, "not JSON"
     if len(encoded) > RESULT_MAX_BYTES:
-        return False, None
-    return True, result
+        return False, None, f"larger than {RESULT_MAX_BYTES} bytes"
+    if in_force().redact(result) != result:
+        return False, None, "it holds what the redaction policy removes"
+    return True, result, ""

@@ -28,8 +28,14 @@ The contract a step must keep:
   `Record(number, position=number, data=output)`.
 - A `Reject`'s payload should be the record's data as `handle` received
   it: when a promotion finds the record no longer in its step's source,
-  that payload stands in for it, if it was kept whole (short enough, and
-  the job names no `sensitive_fields`).
+  that payload stands in for it, kept whole and encrypted in the
+  quarantine event (see `ledger.sealing`) until its key is destroyed.
+
+What a job's data leaves in the ledger (quarantined payloads, error
+messages, effects' results and errors, parameters) is redacted before it
+is recorded: by the ledger-wide policy (`ledger policy`), and by the
+job's own `redaction` and `sensitive_fields`, which can only add to it
+(see `ledger.redaction`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from uuid import UUID
 
 from ledger.checkpoint import Checkpoint
+from ledger.patterns import REDACTED
+from ledger.redaction import NOTHING, Redaction, for_job
 
 if TYPE_CHECKING:
     from ledger.effects import EffectPolicy, EffectRegistry
@@ -60,8 +68,6 @@ __all__ = [
     "Step",
     "redact_fields",
 ]
-
-REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,10 @@ class Job(ABC):
     # payload keeps the key and loses the value.
     sensitive_fields: ClassVar[frozenset[str]] = frozenset()
 
+    # More to redact before anything is recorded: field names, dotted paths
+    # and named patterns, added to the ledger-wide policy.
+    redaction: ClassVar[Redaction] = NOTHING
+
     # The side effects its steps make through `context.effect`, by name, and
     # whether each downstream honours idempotency keys.
     effects: ClassVar[dict[str, EffectPolicy]] = {}
@@ -212,8 +222,14 @@ class Job(ABC):
         return None
 
     def redact(self, payload: Any) -> Any:
-        """The payload as it may be recorded: sensitive fields blanked."""
-        return redact_fields(payload, self.sensitive_fields)
+        """The payload (or text) as it may be recorded: the job's policy
+        applied (see `policy`)."""
+        return self.policy().redact(payload)
+
+    def policy(self) -> Redaction:
+        """The policy in force for this job: the ledger-wide one, its own
+        `redaction`, and its `sensitive_fields` as field names."""
+        return for_job(self.redaction, self.sensitive_fields)
 
     def check_input(self, path: Path) -> None:  # noqa: B027 - optional hook
         """Raises InputError when the file cannot be this job's input."""

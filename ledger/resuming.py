@@ -67,6 +67,30 @@ def keep_apart(job: Job, params: dict[str, Any], location: LedgerLocation) -> No
             )
 
 
+def _refuse_redacted(view: RunView) -> None:
+    """A run whose parameters or input path held a secret was recorded with
+    it redacted, so the ledger cannot give it back: the operator can."""
+    from ledger.patterns import has_mark
+
+    redacted = sorted(
+        name for name, value in view.params.items() if has_mark(str(value))
+    )
+    if has_mark(str(view.input.get("path", ""))):
+        redacted.insert(0, "--input")
+    if not redacted:
+        return
+    named = ", ".join(
+        f"--param {name}" if name != "--input" else name for name in redacted
+    )
+    raise InputError(
+        f"run {view.run_id[:8]}",
+        f"was recorded with {named} redacted (it held a secret), so the ledger "
+        "cannot run it again by itself",
+        f"run the same `ledger run {view.job_ref} --input PATH --param "
+        "NAME=VALUE ...` with the real values: it finds this run and resumes it",
+    )
+
+
 def prepare_resume(
     view: RunView, max_quarantine_ratio: float | None
 ) -> tuple[Job, Path, dict[str, Any]]:
@@ -75,6 +99,7 @@ def prepare_resume(
     from ledger.runtime import describe_input
 
     job = load_job(view.job_ref)
+    _refuse_redacted(view)
     if job.version != view.job_version:
         raise LedgerError(
             f"run {view.run_id} was made by {view.job} {view.job_version}, but "

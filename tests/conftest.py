@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 
+from ledger.redaction import DEFAULT, put_in_force
 from ledger.worker import current_worker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +67,16 @@ def make_flights_zip(path: Path, rows: int, *, malformed: bool = True) -> Path:
         archive.writestr("flights.csv", header + b"".join(lines))
     path.write_bytes(buffer.getvalue())
     return path
+
+
+@pytest.fixture(autouse=True)
+def _default_redaction() -> Iterator[None]:
+    """Each test starts and ends with the default policy in force: a test
+    that opened a ledger (which puts its policy in force for the process)
+    leaves none of it to the next."""
+    put_in_force(DEFAULT)
+    yield
+    put_in_force(DEFAULT)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,9 @@ command does, so an answer is never older than the request.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from fastapi import APIRouter, Depends, Request
 
 from ledger.api.auth import require_viewer
@@ -22,6 +25,8 @@ from ledger.api.params import (
     StateParam,
 )
 from ledger.api.responses import JsonResponse
+from ledger.policy import read_policy
+from projections.database import ReadDatabase
 from projections.documents import (
     explain_document,
     history_document,
@@ -47,9 +52,24 @@ router = APIRouter(
 _RUN_ERRORS = error_responses(404)
 
 
+T = TypeVar("T")
+
+
 def _reader(request: Request) -> SharedReader:
     reader: SharedReader = request.app.state.reader
     return reader
+
+
+async def _read(request: Request, query: Callable[[ReadDatabase], Awaitable[T]]) -> T:
+    """Answers the query with the ledger's policy put in force, read on the
+    same connection: every response is guarded by it (see
+    `ledger.api.responses`)."""
+
+    async def with_policy(db: ReadDatabase) -> T:
+        await read_policy(db)
+        return await query(db)
+
+    return await _reader(request).read(with_policy)
 
 
 @router.get(
@@ -61,7 +81,7 @@ def _reader(request: Request) -> SharedReader:
 )
 async def get_runs(request: Request, job: JobParam = None) -> JsonResponse:
     chosen = job or None
-    runs = await _reader(request).read(lambda db: list_runs(db, chosen))
+    runs = await _read(request, lambda db: list_runs(db, chosen))
     return JsonResponse(status_document(runs))
 
 
@@ -73,7 +93,7 @@ async def get_runs(request: Request, job: JobParam = None) -> JsonResponse:
     responses=_RUN_ERRORS,
 )
 async def get_run(request: Request, run: RunParam) -> JsonResponse:
-    found = await _reader(request).read(lambda db: find_run(db, run))
+    found = await _read(request, lambda db: find_run(db, run))
     return JsonResponse(found.as_dict())
 
 
@@ -85,9 +105,7 @@ async def get_run(request: Request, run: RunParam) -> JsonResponse:
     responses=_RUN_ERRORS,
 )
 async def get_history(request: Request, run: RunParam) -> JsonResponse:
-    found, attempts = await _reader(request).read(
-        lambda db: read_run_and_attempts(db, run)
-    )
+    found, attempts = await _read(request, lambda db: read_run_and_attempts(db, run))
     return JsonResponse(history_document(found, attempts))
 
 
@@ -99,9 +117,7 @@ async def get_history(request: Request, run: RunParam) -> JsonResponse:
     responses=_RUN_ERRORS,
 )
 async def get_explanation(request: Request, run: RunParam) -> JsonResponse:
-    found, attempts = await _reader(request).read(
-        lambda db: read_run_and_attempts(db, run)
-    )
+    found, attempts = await _read(request, lambda db: read_run_and_attempts(db, run))
     return JsonResponse(explain_document(found, attempts))
 
 
@@ -121,8 +137,8 @@ async def get_quarantine(
     limit: LimitParam = 100,
 ) -> JsonResponse:
     only = None if state == "all" else state
-    total, records = await _reader(request).read(
-        lambda db: read_quarantine(db, job or None, limit, run or None, only)
+    total, records = await _read(
+        request, lambda db: read_quarantine(db, job or None, limit, run or None, only)
     )
     return JsonResponse(quarantine_document(total, records))
 
@@ -138,7 +154,7 @@ async def get_quarantine(
 async def get_effects(
     request: Request, run: RunParam, state: EffectStateParam = None
 ) -> JsonResponse:
-    listing = await _reader(request).read(lambda db: read_effects(db, run, state))
+    listing = await _read(request, lambda db: read_effects(db, run, state))
     return JsonResponse(listing.as_dict())
 
 
@@ -150,5 +166,5 @@ async def get_effects(
     responses=_RUN_ERRORS,
 )
 async def get_effect(request: Request, effect: EffectParam) -> JsonResponse:
-    row = await _reader(request).read(lambda db: find_effect(db, effect))
+    row = await _read(request, lambda db: find_effect(db, effect))
     return JsonResponse(row.as_dict())

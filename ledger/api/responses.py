@@ -1,4 +1,9 @@
-"""JSON responses encoded as the CLI encodes its `--json` output."""
+"""JSON responses encoded as the CLI encodes its `--json` output.
+
+Every answer passes the last guard on recorded text (`ledger.redaction.
+shown`): events written before the policy named what they hold are shown
+redacted all the same.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ from typing import Any
 
 import orjson
 from starlette.responses import JSONResponse
+
+from ledger.redaction import shown
 
 __all__ = ["JsonResponse"]
 
@@ -15,4 +22,4 @@ class JsonResponse(JSONResponse):
     reads the same whichever adapter gave it."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(shown(content))
