@@ -4,8 +4,10 @@ The message is fetched anew from where it was read, (topic, partition,
 offset), by a plain consumer of no group (`assign` and `seek`, committed
 records only), so that no group's offsets move. When retention or
 compaction has taken it from the topic, its copy in the quarantine topic
-stands in (the copy's `ledger.source.*` headers name the original); with
-neither, the promotion is refused.
+stands in (the copy's `ledger.source.*` headers name the original), else
+the whole message its quarantine event sealed (see
+`consumers.sealed_message`); with none of them, or a sealed payload whose
+key was destroyed, the promotion is refused.
 
 The consumer job is opened with its run's context, and the message goes
 through `handle` and `write` once, without the consumer's retries: a
@@ -29,6 +31,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from consumers.job import ConsumerContext, ConsumerJob, Message
+from consumers.sealed_message import message_from_whole, whole_message
 from ledger.attempt import preview_payload
 from ledger.effects import EffectRegistry, EffectsFor, EffectUncertain
 from ledger.errors import InputError, LedgerError
@@ -44,9 +47,12 @@ from ledger.quarantine import (
     PromotionResult,
     Requarantine,
 )
+from ledger.redaction import enforced
 from ledger.run import Run
+from ledger.sealing import SealedPayloadError
 
 if TYPE_CHECKING:
+    from ledger.sealed_payloads import SealedPayloads
     from projections.quarantine import QuarantinedRecord
     from projections.views import RunView
 
@@ -137,8 +143,14 @@ class MessagePromotion:
     def close(self) -> None:
         self.job.close()
 
-    def promote(self, run: Run, record: QuarantinedRecord) -> PromotionResult:
-        """The message fetched again, then handled and written once."""
+    def promote(
+        self,
+        run: Run,
+        record: QuarantinedRecord,
+        payloads: SealedPayloads | None = None,
+    ) -> PromotionResult:
+        """The message fetched again (else opened from its sealed payload),
+        then handled and written once."""
         topic, partition, offset = record.topic, record.partition, record.offset
         if topic is None or partition is None or offset is None:
             raise PromotionRefused(
@@ -150,15 +162,11 @@ class MessagePromotion:
             fetch_message(self.bootstrap_servers, topic, partition, offset, copies)
         )
         if message is None:
-            where = f" nor in {copies}" if copies else ""
-            raise PromotionRefused(
-                f"message {topic}[{partition}]@{offset} is no longer in its topic "
-                f"(retention or compaction removed it){where}; discard it "
-                f"(`ledger quarantine discard {record.quarantine_id[:8]} --reason "
-                "TEXT`)"
-            )
+            where = (topic, partition, offset)
+            message = _from_sealed(run, record, where, payloads, copies)
         try:
-            result = self._handle(message, record.batch)
+            with enforced(self.job.policy()):
+                result = self._handle(message, record.batch)
         finally:
             self.effects.flush_quietly()
         log.info(
@@ -183,14 +191,14 @@ class MessagePromotion:
             return self._rejected(message, batch, rejection)
         except Exception as error:
             return PromotionResult(
-                FAILED, CONSUME_STEP, 0, type(error).__name__, str(error)
+                FAILED, CONSUME_STEP, 0, type(error).__name__, self._redact(error)
             )
         self.effects.begin_record()
         try:
             written = self.job.write([(message, output)])
         except Exception as error:
             return PromotionResult(
-                FAILED, CONSUME_STEP, 0, type(error).__name__, str(error)
+                FAILED, CONSUME_STEP, 0, type(error).__name__, self._redact(error)
             )
         return PromotionResult(WRITTEN, CONSUME_STEP, written)
 
@@ -203,15 +211,49 @@ class MessagePromotion:
             batch=batch,
             record=message.offset,
             reason=rejection.reason,
-            detail=rejection.detail[:500],
+            detail=self._redact(rejection.detail)[:500],
             payload=preview_payload(self.job.preview(message)),
+            whole=whole_message(message),
             topic=message.topic,
             partition=message.partition,
             offset=message.offset,
         )
         return PromotionResult(
-            REJECTED, CONSUME_STEP, 0, "Reject", str(rejection), again
+            REJECTED, CONSUME_STEP, 0, "Reject", self._redact(rejection), again
         )
+
+    def _redact(self, text: object) -> str:
+        """A text of the job's as it may be recorded."""
+        return str(self.job.redact(str(text)))
+
+
+def _from_sealed(
+    run: Run,
+    record: QuarantinedRecord,
+    source: tuple[str, int, int],
+    payloads: SealedPayloads | None,
+    copies: str | None,
+) -> Message:
+    """The message its quarantine sealed; refused, naming why, without one."""
+    topic, partition, offset = source
+    where = f" nor in {copies}" if copies else ""
+    gone = (
+        f"message {topic}[{partition}]@{offset} is no longer in its topic "
+        f"(retention or compaction removed it){where}"
+    )
+    fix = (
+        f"discard it (`ledger quarantine discard {record.quarantine_id[:8]} "
+        "--reason TEXT`)"
+    )
+    try:
+        unsealed = payloads.open(run, record.quarantine_id) if payloads else None
+    except SealedPayloadError as unreadable:
+        raise PromotionRefused(
+            f"{gone}, and its sealed payload cannot be opened: {unreadable.why}; {fix}"
+        ) from None
+    if unsealed is None:
+        raise PromotionRefused(f"{gone}; {fix}")
+    return message_from_whole(unsealed.payload, topic, partition, offset)
 
 
 async def fetch_message(

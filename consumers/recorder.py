@@ -30,6 +30,7 @@ from eventsourcing.persistence import PersistenceError
 
 from consumers.batch import Handled, Poison
 from consumers.job import ConsumerContext, ConsumerJob
+from consumers.sealed_message import poison_id, seal_poison
 from ledger.attempt import ended_by, preview_payload, record_refusal, save_run
 from ledger.controls import PausedAtBoundary
 from ledger.effects import EffectRegistry
@@ -46,14 +47,17 @@ from ledger.messages import (
     start_messages,
     supersede_messages,
 )
+from ledger.policy import use_ledger_policy
 from ledger.positions import (
     PositionRefused,
     SourcePosition,
     load_positions,
     save_with_positions,
 )
+from ledger.redaction import put_in_force
 from ledger.run import Run
 from ledger.runtime import claim_run, find_run
+from ledger.sealed_payloads import BatchSeals
 from ledger.store import Ledger
 from ledger.worker import lease_until
 
@@ -153,6 +157,10 @@ class ConsumerRecorder:
         crashed first: that is how a batch that killed the process is
         remembered.
         """
+        # The ledger's policy, with the job's on top, redacts what this
+        # process records and logs from now on.
+        use_ledger_policy(self.ledger)
+        put_in_force(self.job.policy())
         source = stream_input(self.job, self.member)
         key = consumer_key(self.job, self.member)
         run, index = find_run(self.ledger, key, new_run=False)
@@ -165,7 +173,7 @@ class ConsumerRecorder:
                 job_version=self.job.version,
                 job_ref=self.job_ref,
                 input=source,
-                params=self.params,
+                params=self.job.redact(self.params),
                 input_key=key,
                 steps=[CONSUME_STEP],
             )
@@ -251,6 +259,10 @@ class ConsumerRecorder:
                 }
             )
         tried = {item["partition"]: item["next"] for item in ranges}
+        seals = _patiently(
+            lambda: seal_poison(self.ledger, self.current, self.group, handled.poison),
+            time.monotonic() + OUTAGE_SECONDS,
+        )
         superseded: dict[str, int] = {}
         for _ in range(_SAVE_TRIES):
             try:
@@ -258,7 +270,10 @@ class ConsumerRecorder:
                     {"partition": key, "next": tried[key], "recorded": position}
                     for key, position in sorted(superseded.items())
                 ]
-                self._save_checkpoint(batch, ranges, handled, written, copies, refused)
+                self._save_checkpoint(
+                    batch, ranges, handled, written, copies, refused, seals
+                )
+                seals.settle(self.current)
                 return Checkpointed(
                     accepted={item["partition"]: item["next"] for item in ranges},
                     superseded=superseded,
@@ -298,6 +313,7 @@ class ConsumerRecorder:
         written: int,
         copies: dict[tuple[str, int], str | None],
         refused: list[dict[str, Any]],
+        seals: BatchSeals,
     ) -> None:
         kept = {item["partition"] for item in ranges}
         poison = [p for p in handled.poison if _key(p) in kept]
@@ -306,7 +322,7 @@ class ConsumerRecorder:
             if refused:
                 supersede_messages(run, self.attempt, batch, refused)
             for item in poison:
-                self._quarantine(run, batch, item, copies)
+                self._quarantine(run, batch, item, copies, seals)
             if ranges:
                 checkpoint_messages(
                     run,
@@ -342,6 +358,7 @@ class ConsumerRecorder:
         batch: int,
         item: Poison,
         copies: dict[tuple[str, int], str | None],
+        seals: BatchSeals,
     ) -> None:
         message = item.message
         quarantine_message(
@@ -352,13 +369,14 @@ class ConsumerRecorder:
             topic=message.topic,
             partition=message.partition,
             offset=message.offset,
-            reason=item.reason,
+            reason=str(self.job.redact(item.reason)),
             error_class=item.error_class,
-            detail="; ".join([item.detail, *item.notes])[:500],
+            detail=str(self.job.redact("; ".join([item.detail, *item.notes])))[:500],
             tries=item.tries,
             crashes=item.crashes,
             copied_to=copies.get((_key(item), message.offset)),
             payload=preview_payload(self.job.preview(message)),
+            sealed=seals.get(run, poison_id(self.group, item)),
         )
 
     def _positions(self, ranges: list[dict[str, Any]]) -> dict[SourcePosition, int]:
@@ -384,7 +402,11 @@ class ConsumerRecorder:
         if self.run.attempt_open and self.run.attempt == self.attempt:
             self._commit(
                 lambda run: run.fail(
-                    self.attempt, CONSUME_STEP, None, error_class, message[:2000]
+                    self.attempt,
+                    CONSUME_STEP,
+                    None,
+                    error_class,
+                    str(self.job.redact(message))[:2000],
                 )
             )
 

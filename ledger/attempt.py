@@ -32,7 +32,8 @@ from ledger.controls import PausedAtBoundary
 from ledger.effects import EffectRegistry
 from ledger.errors import JobFailed, LedgerUnavailable, OutputLost, Superseded
 from ledger.job import Record, Reject, Step
-from ledger.run import Run
+from ledger.run import Run, record_quarantine_id
+from ledger.sealed_payloads import seal_batch
 from ledger.store import Ledger
 from ledger.worker import describe, lease_until
 
@@ -241,6 +242,7 @@ class Attempt:
             ) from error
 
     def _failure_text(self, what: str, error: Exception | None = None) -> str:
+        what = str(self.redact(what))
         where = f" in step {self.step}" if self.step else ""
         if self.batch is not None:
             where += f", batch {self.batch}"
@@ -267,9 +269,11 @@ class Attempt:
         if not run.attempt_open or run.attempt != self.attempt:
             raise Superseded(str(run.id), self.attempt, ended_by(run))
         self.run = run
+        # Redacted whole, then cut: half a secret matches no pattern.
+        message = str(self.redact(message))[:2000]
         self.commit(
             lambda run: run.fail(
-                self.attempt, self.step, self.batch, error_class, message[:2000]
+                self.attempt, self.step, self.batch, error_class, message
             )
         )
         log.warning(
@@ -363,6 +367,15 @@ class Attempt:
             raise
         self.effects.flush()
 
+        # Each rejected record whole, sealed and its key stored before the
+        # transaction that records it (see ledger.sealed_payloads).
+        def quarantine_id(record: Record) -> str:
+            return record_quarantine_id(self.run.id, step.name, record.number)
+
+        seals = seal_batch(
+            self.ledger, self.run, {quarantine_id(r): j.payload for r, j in rejected}
+        )
+
         # One transaction: quarantined records and the checkpoint.
         def checkpoint(run: Run) -> None:
             for record, reject in rejected:
@@ -371,9 +384,10 @@ class Attempt:
                     step.name,
                     batch,
                     record.number,
-                    reject.reason,
-                    reject.detail[:500],
+                    str(self.redact(reject.reason)),
+                    str(self.redact(reject.detail))[:500],
                     preview_payload(self.redact(reject.payload)),
+                    seals.get(run, quarantine_id(record)),
                 )
             run.checkpoint_batch(
                 attempt=self.attempt,
@@ -391,6 +405,7 @@ class Attempt:
             )
 
         self.commit(checkpoint)
+        seals.settle(self.run)
         self.batch = None
         faults.hit("after_checkpoint")
         self.progress.batch_done(step.name, chunk[-1].position)

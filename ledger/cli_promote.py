@@ -84,6 +84,7 @@ def promote_cmd(
     from ledger.controls import operator
     from ledger.promotions import promote_record, promote_records
     from ledger.quarantine import FAILED
+    from ledger.redaction import shown
 
     query = bulk_query(job, run_ref, quarantine_reason, since, until)
     check_bulk_form("promote", quarantine_ref, every, query, yes=yes, dry_run=dry_run)
@@ -99,7 +100,7 @@ def promote_cmd(
         if as_json:
             print_json(result.as_dict())
         else:
-            click.echo(result.message)
+            click.echo(shown(result.message))
         if result.outcome == FAILED:
             sys.exit(1)
         return
@@ -121,15 +122,17 @@ def show_bulk_promotion(done: BulkPromotion, *, as_json: bool) -> None:
     """Each promotion's outcome, then the tally; refusals say so with exit
     code 2, failures of the job's code with 1."""
     from ledger.quarantine import FAILED
+    from ledger.redaction import shown
 
     if as_json:
         print_json(done.as_dict())
     else:
         for item in done.results:
-            click.echo(item["message"])
-        click.echo(done.message)
+            click.echo(shown(item["message"]))
+        click.echo(shown(done.message))
         for skipped in done.skipped:
-            click.echo(f"left pending {skipped['quarantine_id'][:8]}: {skipped['why']}")
+            why = shown(skipped["why"])
+            click.echo(f"left pending {skipped['quarantine_id'][:8]}: {why}")
     if done.skipped:
         sys.exit(2)
     if any(item["outcome"] == FAILED for item in done.results):

@@ -21,6 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
     from ledger.operations import BulkResult
+    from ledger.sealed_payloads import PayloadSeal
     from projections.quarantine import QuarantinedRecord
 
 __all__ = [
@@ -53,17 +54,30 @@ class ConfirmationNeeded(LedgerError):
 @click.pass_context
 def show_cmd(ctx: click.Context, quarantine_ref: str, as_json: bool) -> None:
     """One quarantined record in full: where, why, payload and decision."""
+    from ledger.cli_support import use_output_policy
     from ledger.operations import show_record
+    from ledger.redaction import shown
 
-    record = show_record(location_of(ctx), quarantine_ref)
+    use_output_policy(location_of(ctx))
+    record = shown(show_record(location_of(ctx), quarantine_ref))
+    seal = shown(_seal_of(ctx, record))
     if as_json:
-        print_json(record.as_dict())
+        print_json({**record.as_dict(), "sealed_payload": seal.as_dict()})
         return
-    for name, value in _lines(record):
+    for name, value in _lines(record, seal):
         click.echo(f"{name:<12} {value}")
 
 
-def _lines(record: QuarantinedRecord) -> list[tuple[str, str]]:
+def _seal_of(ctx: click.Context, record: QuarantinedRecord) -> PayloadSeal:
+    """Whether the record's whole payload is kept sealed, or destroyed."""
+    from ledger.sealed_payloads import seal_state
+    from ledger.store import opened
+
+    with opened(location_of(ctx)) as ledger:
+        return seal_state(ledger, record.run_id, record.quarantine_id)
+
+
+def _lines(record: QuarantinedRecord, seal: PayloadSeal) -> list[tuple[str, str]]:
     if record.topic is not None:
         where = (
             f"topic {record.topic}, partition {record.partition}, offset "
@@ -86,6 +100,7 @@ def _lines(record: QuarantinedRecord) -> list[tuple[str, str]]:
         ("quarantined", _time(record.quarantined_at)),
         ("decision", decision),
         ("payload", _payload(record.payload)),
+        ("sealed", seal.words()),
     ]
 
     # Its lineage: the promotion it came from, where its own went, and
@@ -205,8 +220,9 @@ def discard_cmd(
 ) -> None:
     """Discard a quarantined record (ID), or every match of filters (--all).
 
-    A discarded record stays in the log with its reason and payload; it no
-    longer waits in quarantine. The decision is recorded with who and why.
+    A discarded record stays in the log with its reason and payload
+    preview; it no longer waits in quarantine, and the key of its sealed
+    (whole) payload is destroyed. The decision is recorded with who and why.
     """
     from ledger.controls import operator
     from ledger.operations import discard_record, discard_records

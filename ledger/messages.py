@@ -160,7 +160,14 @@ class MessagesStarted(Aggregate.Event):
 
 
 class MessageQuarantined(Aggregate.Event):
-    """A message set aside, so that its partition moves on."""
+    """A message set aside, so that its partition moves on.
+
+    `payload` is a preview (redacted, cut); `sealed` the whole Kafka record
+    (key, value, headers, timestamp), encrypted (see ledger.sealing), or
+    None. Version 1 had no `sealed`.
+    """
+
+    class_version = 2
 
     attempt: int
     batch: int
@@ -175,8 +182,16 @@ class MessageQuarantined(Aggregate.Event):
     crashes: int
     copied_to: str | None
     payload: Any
+    sealed: dict[str, str] | None
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        state["sealed"] = None
 
     def apply(self, run: Run) -> None:
+        if self.sealed is not None:
+            run.sealed_payloads[self.quarantine_id] = self.originator_version
+
         # A replayed batch (a crash, a rerun) quarantines the record again
         # under the same id: it is counted once, and a decision already
         # taken about it stands.
@@ -327,6 +342,7 @@ def quarantine_message(
     crashes: int,
     copied_to: str | None,
     payload: Any,
+    sealed: dict[str, str] | None = None,
 ) -> UUID:
     run.require_open_attempt(attempt)
     quarantine_id = message_quarantine_id(group, topic, partition, offset)
@@ -345,6 +361,7 @@ def quarantine_message(
         crashes=crashes,
         copied_to=copied_to,
         payload=payload,
+        sealed=sealed,
     )
     return UUID(quarantine_id)
 

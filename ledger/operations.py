@@ -21,6 +21,7 @@ from ledger.errors import LedgerError
 if TYPE_CHECKING:
     from ledger.rerun import RerunPlan
     from ledger.run import Run
+    from ledger.store import Ledger
     from projections.database import ReadDatabase
     from projections.quarantine import QuarantinedRecord
 
@@ -75,9 +76,13 @@ class ControlResult:
 
 
 def apply_control(
-    location: LedgerLocation, run_ref: str, control: Callable[[Run], None]
+    location: LedgerLocation,
+    run_ref: str,
+    control: Callable[[Run], None],
+    then: Callable[[Ledger, Run], object] | None = None,
 ) -> str:
-    """Runs `control(run)` on the stored run and saves it; returns the id."""
+    """Runs `control(run)` on the stored run and saves it, then `then` on
+    the saved run; returns the id."""
     from ledger.store import IntegrityError, opened
     from projections.access import catch_up_quietly, read
     from projections.views import find_run
@@ -94,6 +99,8 @@ def apply_control(
             break
         else:
             raise RunKeptChanging(view.run_id)
+        if then is not None:
+            then(ledger, run)
     catch_up_quietly(location)
     return view.run_id
 
@@ -223,15 +230,33 @@ def show_record(location: LedgerLocation, quarantine_ref: str) -> QuarantinedRec
 def discard_record(
     location: LedgerLocation, quarantine_ref: str, *, by: str, reason: str
 ) -> RecordDecision:
-    """Discards one pending record (an id or a unique prefix of 4 or more)."""
+    """Discards one pending record (an id or a unique prefix of 4 or more),
+    then destroys the key of its sealed payload."""
+    from ledger.controls import ControlRefused
     from ledger.quarantine import discard
+    from ledger.sealed_payloads import destroy_discarded_keys
 
     found = show_record(location, quarantine_ref)
-    run_id = apply_control(
-        location,
-        found.run_id,
-        lambda run: discard(run, found.quarantine_id, by, reason),
-    )
+    shredded: list[str] = []
+    try:
+        run_id = apply_control(
+            location,
+            found.run_id,
+            lambda run: discard(run, found.quarantine_id, by, reason),
+            lambda ledger, run: shredded.extend(
+                destroy_discarded_keys(ledger, run, [found.quarantine_id])
+            ),
+        )
+    except ControlRefused as refusal:
+        # Discarded already: a discard that crashed before destroying the
+        # key leaves it, and discarding again finishes that.
+        if _finish_discard(location, found):
+            raise ControlRefused(
+                f"{refusal}; the key of its sealed payload, left by an "
+                "interrupted discard, is destroyed now"
+            ) from refusal
+        raise
+    shred = "; the key of its sealed payload is destroyed" if shredded else ""
     return RecordDecision(
         run_id=run_id,
         action="discard",
@@ -241,10 +266,19 @@ def discard_record(
             f"record {found.quarantine_id[:8]} of run {run_id[:8]} "
             f"({_where(found)}, {found.reason}) discarded by {by}: "
             f"{reason.strip()}; it stays in the log and no longer waits in "
-            "quarantine"
+            f"quarantine{shred}"
         ),
         quarantine_id=found.quarantine_id,
     )
+
+
+def _finish_discard(location: LedgerLocation, found: QuarantinedRecord) -> bool:
+    from ledger.sealed_payloads import destroy_discarded_keys
+    from ledger.store import opened
+
+    with opened(location) as ledger:
+        run: Run = ledger.repository.get(UUID(found.run_id))
+        return bool(destroy_discarded_keys(ledger, run, [found.quarantine_id]))
 
 
 def _where(record: QuarantinedRecord) -> str:
@@ -309,6 +343,7 @@ def _discard_per_run(
 ) -> tuple[list[str], list[dict[str, str]]]:
     from ledger.controls import ControlRefused
     from ledger.quarantine import discard
+    from ledger.sealed_payloads import destroy_discarded_keys
     from ledger.store import IntegrityError, opened
 
     by_run: dict[str, list[str]] = {}
@@ -338,11 +373,16 @@ def _discard_per_run(
                         continue
                     done.append(quarantine_id)
                 if not done:
+                    destroy_discarded_keys(ledger, run, ids)
                     break
                 try:
                     ledger.save(run)
                 except IntegrityError:
                     continue
+
+                # Recorded: now their keys go (and those of records an
+                # interrupted discard left).
+                destroy_discarded_keys(ledger, run, ids)
                 break
             else:
                 why = str(RunKeptChanging(run_id))

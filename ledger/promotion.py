@@ -8,10 +8,13 @@ and given the record:
 1. read again from its step's source, from the checkpoint before its
    batch, at most one batch far;
 2. failing that (the source is gone: the flights job deletes its staging
-   once a run completes), the quarantined payload, but only when it is
-   the whole record: not cut to the preview's size, and not blanked,
-   since a job that names sensitive fields never had them recorded and a
-   blanked record must never be written downstream.
+   once a run completes), the whole record its quarantine sealed (see
+   `ledger.sealing`), unless its key was destroyed;
+3. for a record quarantined before payloads were sealed, its payload
+   preview, but only when it is the whole record: not cut to the
+   preview's size, and not blanked, since a job that names sensitive
+   fields never had them recorded and a blanked record must never be
+   written downstream.
 
 The record then goes through the step's `handle` and `write` and through
 every later step of the job, each step's output being the next step's
@@ -26,9 +29,10 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from uuid import UUID
 
+import orjson
 import structlog
 
 from ledger.attempt import PAYLOAD_PREVIEW_CHARS, preview_payload
@@ -39,6 +43,7 @@ from ledger.effects import EffectRegistry, EffectsFor, EffectUncertain
 from ledger.errors import InputError, LedgerError
 from ledger.job import Job, Record, Reject, RunContext, Step
 from ledger.keys import file_site
+from ledger.patterns import has_mark
 from ledger.quarantine import (
     FAILED,
     REJECTED,
@@ -46,10 +51,13 @@ from ledger.quarantine import (
     PromotionResult,
     Requarantine,
 )
+from ledger.redaction import enforced
 from ledger.resuming import check_input, keep_apart, prepare_resume
 from ledger.run import Run
+from ledger.sealing import SealedPayloadError
 
 if TYPE_CHECKING:
+    from ledger.sealed_payloads import SealedPayloads
     from projections.quarantine import QuarantinedRecord
     from projections.views import RunView
 
@@ -94,7 +102,12 @@ class QuarantinedLike(Protocol):
 class Promoter(Protocol):
     """A run's job, opened once, promoting its records one at a time."""
 
-    def promote(self, run: Run, record: QuarantinedRecord) -> PromotionResult: ...
+    def promote(
+        self,
+        run: Run,
+        record: QuarantinedRecord,
+        payloads: SealedPayloads | None = None,
+    ) -> PromotionResult: ...
 
     def close(self) -> None: ...
 
@@ -111,9 +124,12 @@ def payload_is_whole(payload: Any) -> bool:
     Text of the preview's length may have been cut, and so may a
     structured payload too large to keep, which is stored as its cut JSON
     text (see `ledger.attempt.preview_payload`); text whose UTF-8 reaches
-    the cap is counted as cut too, erring towards a refusal.
+    the cap is counted as cut too, erring towards a refusal. A payload
+    the redaction policy changed is not the record either.
     """
     if payload is None:
+        return False
+    if has_mark(orjson.dumps(payload, default=str).decode()):
         return False
     if isinstance(payload, str):
         encoded = payload.encode("utf-8", "replace")
@@ -142,8 +158,14 @@ class FilePromotion:
         completed run's job tidies what it keeps only while running."""
         self.job.close(self.context, completed=self.completed)
 
-    def promote(self, run: Run, record: QuarantinedLike) -> PromotionResult:
-        """The record through its step and every later one."""
+    def promote(
+        self,
+        run: Run,
+        record: QuarantinedLike,
+        payloads: SealedPayloads | None = None,
+    ) -> PromotionResult:
+        """The record through its step and every later one; `payloads`
+        opens its sealed payload when the source no longer holds it."""
         names = [step.name for step in self.steps]
         if record.step not in names:
             raise PromotionRefused(
@@ -156,10 +178,11 @@ class FilePromotion:
         # The record as the step read it; else its payload, when whole.
         found, unread = self._read_again(run, self.steps[index], record)
         if found is None:
-            found = self._from_payload(run, record, unread)
-        result = _run_through(
-            run, self.steps[index:], found, self.job.redact, self.context.registry
-        )
+            found = self._from_payload(run, record, unread, payloads)
+        with enforced(self.job.policy()):
+            result = _run_through(
+                run, self.steps[index:], found, self.job.redact, self.context.registry
+            )
         log.info(
             "record.promoted",
             run_id=str(run.id),
@@ -204,7 +227,25 @@ class FilePromotion:
             f"{record.record:,} in batch {record.batch}"
         )
 
-    def _from_payload(self, run: Run, record: QuarantinedLike, unread: str) -> Record:
+    def _from_payload(
+        self,
+        run: Run,
+        record: QuarantinedLike,
+        unread: str,
+        payloads: SealedPayloads | None,
+    ) -> Record:
+        # The whole record, sealed; a key destroyed or a payload tampered
+        # with is final: the preview never stands in for it.
+        try:
+            unsealed = payloads.open(run, record.quarantine_id) if payloads else None
+        except SealedPayloadError as unreadable:
+            why = f"its sealed payload cannot be opened: {unreadable.why}"
+            self._refuse(run, record, unread, why)
+        if unsealed is not None:
+            return Record(
+                number=record.record, position=record.record, data=unsealed.payload
+            )
+
         if self.job.sensitive_fields:
             why = (
                 f"{self.job.name} names sensitive fields, so its quarantined "
@@ -219,6 +260,11 @@ class FilePromotion:
             return Record(
                 number=record.record, position=record.record, data=record.payload
             )
+        self._refuse(run, record, unread, why)
+
+    def _refuse(
+        self, run: Run, record: QuarantinedLike, unread: str, why: str
+    ) -> NoReturn:
         short = str(run.id)[:8]
         raise PromotionRefused(
             f"record {record.quarantine_id} cannot be promoted: {unread}, and "
@@ -268,15 +314,16 @@ def _through_steps(
                 batch=_batch_of(run, step.name, record.number),
                 record=record.number,
                 reason=rejection.reason,
-                detail=rejection.detail[:500],
+                detail=str(redact(rejection.detail))[:500],
                 payload=preview_payload(redact(rejection.payload)),
+                whole=rejection.payload,
             )
             return PromotionResult(
-                REJECTED, step.name, written, "Reject", str(rejection), again
+                REJECTED, step.name, written, "Reject", redact(str(rejection)), again
             )
         except Exception as error:
             return PromotionResult(
-                FAILED, step.name, written, type(error).__name__, str(error)
+                FAILED, step.name, written, type(error).__name__, redact(str(error))
             )
 
         if effects is not None:
@@ -285,7 +332,7 @@ def _through_steps(
             written += step.write([(record, output)])
         except Exception as error:
             return PromotionResult(
-                FAILED, step.name, written, type(error).__name__, str(error)
+                FAILED, step.name, written, type(error).__name__, redact(str(error))
             )
         record = Record(number=record.number, position=record.number, data=output)
     return PromotionResult(WRITTEN, steps[-1].name, written)

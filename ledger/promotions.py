@@ -194,7 +194,9 @@ def _promote_in_run(
 ) -> list[PromotionDecision]:
     """Promotes records of one run, in order; `on_refusal` is told of each
     record refused (and may raise)."""
+    from ledger.policy import use_ledger_policy
     from ledger.quarantine import check_promotable
+    from ledger.sealed_payloads import SealedPayloads
     from ledger.store import opened
     from projections.access import read
     from projections.views import find_run
@@ -203,6 +205,7 @@ def _promote_in_run(
     decisions: list[PromotionDecision] = []
     promoter: Promoter | None = None
     with opened(location) as ledger:
+        use_ledger_policy(ledger)
         try:
             for index, record in enumerate(records):
                 try:
@@ -218,7 +221,7 @@ def _promote_in_run(
                             open_messages,
                             effects_for,
                         )
-                    result = promoter.promote(run, record)
+                    result = promoter.promote(run, record, SealedPayloads(ledger))
                 except _CannotOpen as failure:
                     # The run's job cannot be opened: none of its records can.
                     for left in records[index:]:
@@ -280,13 +283,19 @@ def _record_outcome(
 ) -> PromotionDecision:
     """Records the outcome on the run as stored, re-checked on each try."""
     from ledger.quarantine import promote
+    from ledger.sealing import seal_payloads
     from ledger.store import IntegrityError
+
+    # A record rejected again is kept whole too, sealed under its new id
+    # before the event that names it is saved.
+    def seal(new_id: str, whole: Any) -> dict[str, str] | None:
+        return seal_payloads(ledger, view.run_id, {new_id: whole}).get(new_id)
 
     quarantine_id = record.quarantine_id
     for _ in range(_RECORD_TRIES):
         run: Run = ledger.repository.get(UUID(view.run_id))
         try:
-            new_id = promote(run, quarantine_id, by, reason, result)
+            new_id = promote(run, quarantine_id, by, reason, result, seal)
         except ControlRefused as refusal:
             words = outcome_words(
                 result.outcome, result.step, result.error_class, result.detail, None

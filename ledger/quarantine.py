@@ -20,7 +20,8 @@ which must not race the worker writing the same output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import uuid5
 
@@ -44,6 +45,7 @@ __all__ = [
     "RecordPromoted",
     "RecordRequarantined",
     "Requarantine",
+    "Sealer",
     "check_promotable",
     "discard",
     "outcome_words",
@@ -65,7 +67,8 @@ class RecordDiscarded(Aggregate.Event):
     """An operator decided a quarantined record will never be processed.
 
     The record stays in the log, with its reason and payload preview; it
-    no longer counts as waiting in quarantine.
+    no longer counts as waiting in quarantine. Once this is recorded, the
+    key of its sealed payload is destroyed (see `ledger.operations`).
     """
 
     quarantine_id: str
@@ -113,11 +116,20 @@ def discard(run: Run, quarantine_id: str, by: str, reason: str) -> None:
     )
 
 
+# Seals a record's whole payload under its quarantine id (see
+# ledger.sealing); None when it is not sealed.
+Sealer = Callable[[str, Any], "dict[str, str] | None"]
+
+
 @dataclass(frozen=True)
 class Requarantine:
     """Where and why a promoted record was rejected again: the new
     quarantined record a rejected promotion adds. A consumer's message
-    names its topic, partition and offset too."""
+    names its topic, partition and offset too.
+
+    `payload` is the preview to record; `whole` the record itself, which
+    is only ever recorded sealed.
+    """
 
     step: str
     batch: int
@@ -128,6 +140,7 @@ class Requarantine:
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
+    whole: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -206,7 +219,11 @@ class RecordRequarantined(Aggregate.Event):
 
     Its id is a UUID 5 of the run id, the previous id and the promotion's
     number, so the lineage of one source record reads as a chain.
+    `payload` is a preview (redacted, cut); `sealed` the whole record,
+    encrypted (see ledger.sealing), or None. Version 1 had no `sealed`.
     """
+
+    class_version = 2
 
     quarantine_id: str
     previous_id: str
@@ -220,8 +237,15 @@ class RecordRequarantined(Aggregate.Event):
     topic: str | None
     partition: int | None
     offset: int | None
+    sealed: dict[str, str] | None
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        state["sealed"] = None
 
     def apply(self, run: Run) -> None:
+        if self.sealed is not None:
+            run.sealed_payloads[self.quarantine_id] = self.originator_version
         run.quarantine_states.setdefault(self.quarantine_id, PENDING)
 
 
@@ -259,18 +283,27 @@ def check_promotable(run: Run, quarantine_id: str) -> None:
 
 
 def promote(
-    run: Run, quarantine_id: str, by: str, reason: str, result: PromotionResult
+    run: Run,
+    quarantine_id: str,
+    by: str,
+    reason: str,
+    result: PromotionResult,
+    seal: Sealer | None = None,
 ) -> str | None:
     """Records a promotion's outcome; returns the id a record rejected again
-    is quarantined under. Checked again here, on the run as it stands."""
+    is quarantined under. Checked again here, on the run as it stands.
+    `seal` keeps a record rejected again whole, sealed under its new id."""
     check_promotable(run, quarantine_id)
     promotion = run.quarantine_promotions.get(quarantine_id, 0) + 1
 
     # A rejection is a new quarantined record, named after its lineage.
     again = result.requarantine if result.outcome == REJECTED else None
     new_id = None
+    sealed = None
     if again is not None:
         new_id = str(uuid5(run.id, f"{quarantine_id}:promotion:{promotion}"))
+        if seal is not None:
+            sealed = seal(new_id, again.whole)
 
     run.trigger_event(
         RecordPromoted,
@@ -300,6 +333,7 @@ def promote(
             topic=again.topic,
             partition=again.partition,
             offset=again.offset,
+            sealed=sealed,
         )
     return new_id
 

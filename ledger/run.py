@@ -20,11 +20,24 @@ from eventsourcing.domain import Aggregate
 from ledger.checkpoint import Checkpoint, ResumePoint
 from ledger.errors import LedgerError
 
-__all__ = ["Checkpoint", "CheckpointRefused", "ResumePoint", "Run"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointRefused",
+    "ResumePoint",
+    "Run",
+    "record_quarantine_id",
+]
 
 
 class CheckpointRefused(LedgerError):
     """A worker tried to record something its attempt may not record."""
+
+
+def record_quarantine_id(run_id: UUID, step: str, record: int) -> str:
+    """A file record's quarantine id. Deterministic: the same record
+    quarantined again on a replayed batch keeps its id, so the read side
+    holds it once."""
+    return str(uuid5(run_id, f"{step}:{record}"))
 
 
 class Run(Aggregate):
@@ -105,6 +118,10 @@ class Run(Aggregate):
         # How many times each quarantined record was promoted, failed
         # promotions included: the next promotion's number is one more.
         self.quarantine_promotions: dict[str, int] = {}
+
+        # Which event of the stream (its version) holds each quarantined
+        # record's sealed payload (see ledger.sealing), read on promotion.
+        self.sealed_payloads: dict[str, int] = {}
 
         # A consumer run's state (see ledger.messages): the next offset to
         # read of each partition it owns, the batch it is handling, and the
@@ -314,6 +331,11 @@ class Run(Aggregate):
             )
 
     class RecordQuarantined(Aggregate.Event):
+        """`payload` is a preview (redacted, cut); `sealed` the whole record,
+        encrypted (see ledger.sealing), or None. Version 1 had no `sealed`."""
+
+        class_version = 2
+
         attempt: int
         step: str
         batch: int
@@ -322,8 +344,16 @@ class Run(Aggregate):
         reason: str
         detail: str
         payload: Any
+        sealed: dict[str, str] | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["sealed"] = None
 
         def apply(self, run: Run) -> None:
+            if self.sealed is not None:
+                run.sealed_payloads[self.quarantine_id] = self.originator_version
+
             # A replayed batch (a crash, a rerun) quarantines the record again
             # under the same id: it is counted once, and a decision already
             # taken about it stands.
@@ -343,6 +373,7 @@ class Run(Aggregate):
         reason: str,
         detail: str,
         payload: Any,
+        sealed: dict[str, str] | None = None,
     ) -> None:
         self.require_open_attempt(attempt)
         self.trigger_event(
@@ -351,12 +382,11 @@ class Run(Aggregate):
             step=step,
             batch=batch,
             record=record,
-            # Deterministic: the same record quarantined again on a replayed
-            # batch keeps its id, so the read side holds it once.
-            quarantine_id=str(uuid5(self.id, f"{step}:{record}")),
+            quarantine_id=record_quarantine_id(self.id, step, record),
             reason=reason,
             detail=detail,
             payload=payload,
+            sealed=sealed,
         )
 
     class BatchCheckpointed(Aggregate.Event):

@@ -92,6 +92,10 @@ def test_show_then_discard_one_record(tmp_path: Path, ledger_url: str) -> None:
         "payload": "x17", "state": "pending",
         "quarantined_at": record["quarantined_at"], "decision": None,
         "previous_id": None, "next_id": None, "promotions": [],
+        "sealed_payload": {
+            "state": "sealed", "wrapped": False, "destroyed_at": None,
+            "destroyed_why": None,
+        },
     }  # fmt: skip
     assert _json(ledger_url, tmp_path, "status")[0]["quarantined"] == 3
 
