@@ -219,9 +219,12 @@ def _problem(stream: StreamState, version: int, link: Link) -> str | None:
     if link.damaged:
         return "its hash keys were damaged"
     if link.claimed is None:
+        # Every event this ledger stored was chained: one without keys was
+        # stripped of them, or stored by a build that did not chain yet,
+        # and proves nothing either way.
         if stream.chained_from is not None:
             return "its hash keys were removed"
-        return None
+        return "it has no hash keys: they were removed, or it predates them"
     if link.claimed != link.actual:
         return "its content was changed after it was recorded"
     if link.prev_hash is None:

@@ -33,6 +33,7 @@ def verify_cmd(ctx: click.Context, run_ref: str | None, as_json: bool) -> None:
     end was not cut off). Without: every event in the ledger. Exits 1 when
     a chain is broken.
     """
+    from ledger.errors import UnknownRun
     from ledger.store import opened
     from ledger.verification import verify_ledger, verify_streams
 
@@ -45,6 +46,13 @@ def verify_cmd(ctx: click.Context, run_ref: str | None, as_json: bool) -> None:
             outcome = verify_ledger(ledger)
         else:
             outcome = verify_streams(ledger, [UUID(stream) for stream in streams])
+            if outcome.events == 0:
+                raise UnknownRun(
+                    streams[0],
+                    "the ledger holds no event of it; list runs with `ledger "
+                    "status`, or bring an archived one back with `ledger "
+                    "archive load DIR`",
+                )
 
     if as_json:
         print_json(outcome.as_dict())
@@ -99,11 +107,6 @@ def _describe(outcome: Verification, *, whole: bool) -> str:
     else:
         summary += f"{len(outcome.breaks)} broken; the events named do not match"
     lines.append(summary)
-    if outcome.unchained:
-        lines.append(
-            f"{outcome.unchained:,} events were recorded before the ledger kept "
-            "hash chains and prove nothing"
-        )
     for head in outcome.heads:
         lines.append(
             f"{head.kind} {head.stream}: {head.events} events, head {head.head}"

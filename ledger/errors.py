@@ -14,6 +14,7 @@ __all__ = [
     "LedgerNotCreated",
     "LedgerUnavailable",
     "OutputLost",
+    "RunArchived",
     "RunHeld",
     "RunPaused",
     "Superseded",
@@ -104,6 +105,18 @@ class RunHeld(LedgerError):
         )
         self.run_id = run_id
         self.holder = holder
+
+
+class RunArchived(LedgerError):
+    """The run asked for left the live ledger for an archive folder."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"run {run_id} ended and was archived; `ledger run --new-run` "
+            "starts a new run of the same input, and `ledger archive load DIR "
+            f"--run {run_id[:8]}` brings it back for review"
+        )
+        self.run_id = run_id
 
 
 class RunPaused(LedgerError):

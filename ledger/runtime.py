@@ -22,7 +22,14 @@ import structlog
 
 from ledger.attempt import Attempt, NoProgress, ProgressSink, save_run
 from ledger.effects import EffectRegistry
-from ledger.errors import InputError, LedgerError, RunHeld, RunPaused, Superseded
+from ledger.errors import (
+    InputError,
+    LedgerError,
+    RunArchived,
+    RunHeld,
+    RunPaused,
+    Superseded,
+)
 from ledger.input_runs import InputRuns, input_runs_id
 from ledger.inputs import (
     RUNTIME_PARAMETERS,
@@ -33,6 +40,8 @@ from ledger.inputs import (
 from ledger.job import InputVersion, Job, RunContext, Step
 from ledger.keys import file_site
 from ledger.lease import Heartbeat
+from ledger.policy import use_ledger_policy
+from ledger.redaction import enforced
 from ledger.run import ResumePoint, Run
 from ledger.store import AggregateNotFoundError, Ledger
 from ledger.worker import current_worker, lease_until, liveness
@@ -92,6 +101,11 @@ def run_job(
     started = time.monotonic()
     key = input_key(job, source, params)
 
+    # The ledger's policy, with the job's on top, redacts what is recorded;
+    # the key above is a digest of the parameters as given.
+    use_ledger_policy(ledger)
+    policy = job.policy()
+
     # Find the run for this input version; a completed one is not redone.
     run, index = find_run(ledger, key, new_run=new_run)
     if run_id is not None and index is not None and str(run_id) in index.run_ids:
@@ -118,8 +132,8 @@ def run_job(
                 job=job.name,
                 job_version=job.version,
                 job_ref=job_ref,
-                input=source.as_dict(),
-                params=params,
+                input=policy.redact(source.as_dict()),
+                params=policy.redact(params),
                 input_key=key,
                 steps=[step.name for step in steps],
             )
@@ -129,7 +143,7 @@ def run_job(
         worker = Attempt(
             ledger, run, attempt, steps, progress, events, job.redact, params, registry
         )
-        with Heartbeat(ledger, run.id, attempt) as heartbeat:
+        with enforced(policy), Heartbeat(ledger, run.id, attempt) as heartbeat:
             registry.bind(attempt, f"attempt {attempt}", heartbeat.check)
             worker.work()
         completed = True
@@ -209,7 +223,11 @@ def find_run(
         return None, None
     if new_run:
         return None, index
-    latest: Run = ledger.repository.get(UUID(index.run_ids[-1]))
+    try:
+        latest: Run = ledger.repository.get(UUID(index.run_ids[-1]))
+    except AggregateNotFoundError:
+        # Only an ended run leaves the live ledger; redoing it is a choice.
+        raise RunArchived(index.run_ids[-1]) from None
     return latest, index
 
 

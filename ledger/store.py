@@ -11,7 +11,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import psycopg
@@ -30,18 +30,43 @@ from ledger import faults
 from ledger.chain import Heads, StreamId, chain_events
 from ledger.codec import OrjsonTranscoder
 from ledger.config import TRACKING_TABLE, LedgerLocation, parse_ledger_url
-from ledger.errors import LedgerUnavailable
+from ledger.errors import LedgerError, LedgerUnavailable
 
 __all__ = [
     "AggregateNotFoundError",
     "IntegrityError",
     "Ledger",
+    "StreamRow",
+    "StreamsChanged",
     "open_ledger",
     "opened",
 ]
 
 # The events table on PostgreSQL is named after this: `ledger_events`.
 APPLICATION_NAME = "Ledger"
+
+
+class StreamsChanged(LedgerError):
+    """Streams to delete hold other events than the caller read: some were
+    appended since. Nothing was deleted."""
+
+    def __init__(self, found: int, expected: int) -> None:
+        super().__init__(
+            f"{found} events found where {expected} were read: events were "
+            "recorded since, so nothing was deleted"
+        )
+        self.found = found
+        self.expected = expected
+
+
+class StreamRow(NamedTuple):
+    """One stored event as the database holds it, with its notification id."""
+
+    notification_id: int
+    stream: UUID
+    version: int
+    topic: str
+    state: bytes
 
 
 class Ledger(Application[UUID]):
@@ -131,6 +156,52 @@ class LedgerSQLiteRecorder(_ChainingRecorder, SQLiteProcessRecorder):
         faults.hit("in_checkpoint")
         return ids
 
+    def select_stream_rows(self, streams: Sequence[UUID]) -> list[StreamRow]:
+        """The streams' stored events with their notification ids, each
+        stream in version order."""
+        rows: list[StreamRow] = []
+        with self.datastore.transaction(commit=False) as c:
+            for stream in streams:
+                c.execute(
+                    f"SELECT rowid, originator_version, topic, state "
+                    f"FROM {self.events_table_name} WHERE originator_id = ? "
+                    f"ORDER BY originator_version",
+                    (stream.hex,),
+                )
+                rows.extend(
+                    StreamRow(int(r[0]), stream, int(r[1]), str(r[2]), bytes(r[3]))
+                    for r in c.fetchall()
+                )
+        return rows
+
+    def delete_streams(
+        self,
+        streams: Sequence[UUID],
+        expected: int,
+        also: Sequence[tuple[str, tuple[Any, ...]]],
+    ) -> None:
+        """Deletes the streams' events, and runs `also` (statements with `?`
+        parameters) in the same transaction; only if the streams hold exactly
+        `expected` events, else StreamsChanged and nothing is deleted.
+
+        Events are only ever appended, so the count proves the streams are
+        still the events the caller read. The count is taken after the
+        deletes, which hold the database's write lock: no save slips in.
+        """
+        with self.datastore.transaction(commit=True) as c:
+            deleted = 0
+            for stream in streams:
+                c.execute(
+                    f"DELETE FROM {self.events_table_name} WHERE originator_id = ?",
+                    (stream.hex,),
+                )
+                c.execute("SELECT changes()")
+                deleted += int(c.fetchone()[0])
+            if deleted != expected:
+                raise StreamsChanged(deleted, expected)
+            for statement, params in also:
+                c.execute(statement, params)
+
     def select_positions(self, prefix: str) -> dict[str, int]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
@@ -166,6 +237,56 @@ class LedgerPostgresRecorder(_ChainingRecorder, PostgresProcessRecorder):
             self._insert_tracking(curs, tracking=tracking)
         super()._insert_events(curs, stored_events, **kwargs)
         faults.hit("in_checkpoint")
+
+    def select_stream_rows(self, streams: Sequence[UUID]) -> list[StreamRow]:
+        """The PostgreSQL twin of LedgerSQLiteRecorder.select_stream_rows."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT notification_id, originator_id, originator_version, "
+                    "topic, state FROM {0}.{1} WHERE originator_id = ANY(%s) "
+                    "ORDER BY originator_id, originator_version"
+                ).format(
+                    Identifier(self.datastore.schema),
+                    Identifier(self.events_table_name),
+                ),
+                (list(streams),),
+            )
+            found = [
+                StreamRow(
+                    int(r["notification_id"]),
+                    r["originator_id"],
+                    int(r["originator_version"]),
+                    str(r["topic"]),
+                    bytes(r["state"]),
+                )
+                for r in curs.fetchall()
+            ]
+        order = {stream: index for index, stream in enumerate(streams)}
+        return sorted(found, key=lambda row: (order[row.stream], row.version))
+
+    def delete_streams(
+        self,
+        streams: Sequence[UUID],
+        expected: int,
+        also: Sequence[tuple[str, tuple[Any, ...]]],
+    ) -> None:
+        """The PostgreSQL twin of LedgerSQLiteRecorder.delete_streams; `also`
+        takes `%s` parameters."""
+        table = SQL("{0}.{1}").format(
+            Identifier(self.datastore.schema), Identifier(self.events_table_name)
+        )
+        with self.datastore.transaction(commit=True) as curs:
+            # The lock every save takes: none is made while this runs.
+            curs.execute(SQL("LOCK TABLE {0} IN EXCLUSIVE MODE").format(table))
+            curs.execute(
+                SQL("DELETE FROM {0} WHERE originator_id = ANY(%s)").format(table),
+                (list(streams),),
+            )
+            if int(curs.rowcount) != expected:
+                raise StreamsChanged(int(curs.rowcount), expected)
+            for statement, params in also:
+                curs.execute(statement, params)
 
     def select_positions(self, prefix: str) -> dict[str, int]:
         with self.datastore.transaction(commit=False) as curs:

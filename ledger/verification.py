@@ -15,7 +15,13 @@ from uuid import UUID
 from ledger.chain import Break, ChainCheck, StreamId
 from ledger.store import Ledger
 
-__all__ = ["StreamReport", "Verification", "verify_ledger", "verify_streams"]
+__all__ = [
+    "StreamReport",
+    "Verification",
+    "stream_kind",
+    "verify_ledger",
+    "verify_streams",
+]
 
 # Events read per query while following the whole log.
 _PAGE = 2_000
@@ -117,10 +123,13 @@ def _outcome(check: ChainCheck, *, heads: bool) -> Verification:
         streams=len(streams),
         unchained=check.unchained,
         breaks=[
-            (_kind(streams[found.stream].first_topic), found) for found in check.breaks
+            (stream_kind(streams[found.stream].first_topic), found)
+            for found in check.breaks
         ],
         heads=[
-            StreamReport(stream, _kind(state.first_topic), state.events, state.head)
+            StreamReport(
+                stream, stream_kind(state.first_topic), state.events, state.head
+            )
             for stream, state in streams.items()
         ]
         if heads
@@ -128,5 +137,6 @@ def _outcome(check: ChainCheck, *, heads: bool) -> Verification:
     )
 
 
-def _kind(topic: str) -> str:
+def stream_kind(topic: str) -> str:
+    """What a stream is (run, effect, ...), by the topic of its first event."""
     return _KINDS.get(topic, topic.partition(":")[2] or topic)

@@ -7,7 +7,14 @@ times are ISO 8601 text in UTC, which sort correctly as text.
 
 from __future__ import annotations
 
-__all__ = ["ADDED_COLUMNS", "DDL", "PROJECTION_NAME", "TABLES", "UPGRADES"]
+__all__ = [
+    "ADDED_COLUMNS",
+    "DDL",
+    "PROJECTION_NAME",
+    "TABLES",
+    "UPGRADES",
+    "forget_run",
+]
 
 PROJECTION_NAME = "ledger-read-model"
 
@@ -25,6 +32,27 @@ TABLES = (
     "proj_actions",
     "proj_effects",
 )
+
+# The tables whose rows belong to one run, by its `run_id`: every table but
+# the projector's position and the effects (kept by key, made by a run).
+RUN_TABLES = tuple(t for t in TABLES if t not in ("proj_position", "proj_effects"))
+
+
+def forget_run(
+    run_id: str, effect_keys: list[str], mark: str
+) -> list[tuple[str, tuple[str, ...]]]:
+    """The statements that delete an archived run's rows (and those of the
+    effects archived with it), with `mark` as the driver's placeholder."""
+    statements: list[tuple[str, tuple[str, ...]]] = [
+        (f"DELETE FROM {table} WHERE run_id = {mark}", (run_id,))
+        for table in RUN_TABLES
+    ]
+    statements.extend(
+        (f"DELETE FROM proj_effects WHERE effect_key = {mark}", (key,))
+        for key in effect_keys
+    )
+    return statements
+
 
 DDL = (
     """

@@ -105,20 +105,24 @@ def test_a_dropped_or_swapped_event_is_named(
     assert _check(swapped).breaks[0].version == at + 2
 
 
-def test_the_first_event_links_to_genesis_and_legacy_events_pass() -> None:
+def test_the_first_event_links_to_genesis_and_unchained_events_break() -> None:
     [first] = _stream(UUID(int=3), [{"a": 1}])
-    assert (
-        read_link(first.originator_id, 1, first.topic, first.state).prev_hash == GENESIS
-    )
+    link = read_link(first.originator_id, 1, first.topic, first.state)
+    assert link.prev_hash == GENESIS
 
-    # Events stored before chains prove nothing, and are not called broken;
-    # a chained event after them links to what they hash to.
-    legacy = StoredEvent(UUID(int=4), 1, "tests:Event", b'{"a":1}')
+    # An event without chain keys proves nothing: stripping every key of a
+    # stream must not pass for a stream that never had them. A chained
+    # event after one links to what its bytes hash to.
+    bare = StoredEvent(UUID(int=4), 1, "tests:Event", b'{"a":1}')
     later, _ = chain_events(
         [StoredEvent(UUID(int=4), 2, "tests:Event", b'{"b":2}')],
         Heads(),
-        lambda _s, _v: legacy,
+        lambda _s, _v: bare,
     )
-    check = _check([legacy, *later])
-    assert check.breaks == []
+    check = _check([bare, *later])
+    [found] = check.breaks
+    assert (found.version, found.problem) == (
+        1,
+        "it has no hash keys: they were removed, or it predates them",
+    )
     assert check.unchained == 1
