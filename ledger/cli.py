@@ -15,18 +15,23 @@ import click
 
 from consumers.cli import consume
 from ledger import faults
+from ledger.cli_archive import archive
 from ledger.cli_control import abandon_cmd, pause_cmd
 from ledger.cli_effects import effects
+from ledger.cli_keys import sweep_keys_cmd
+from ledger.cli_policy import policy
 from ledger.cli_promote import promote_cmd
 from ledger.cli_quarantine import discard_cmd, show_cmd
 from ledger.cli_read import explain_cmd, history, project, quarantine, status
+from ledger.cli_report import report_cmd
 from ledger.cli_rerun import rerun
 from ledger.cli_run import resume, run
 from ledger.cli_serve import serve
 from ledger.cli_verify import verify_cmd
 from ledger.config import parse_ledger_url
 from ledger.errors import LedgerError
-from ledger.logs import configure_logging
+from ledger.logs import configure_logging, redact_uncaught
+from ledger.sealing import check_master_key
 
 __all__ = ["main"]
 
@@ -48,7 +53,10 @@ class _Group(click.Group):
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    # An error can quote job data (a handler's exception): the last guard.
+    from ledger.redaction import shown
+
+    click.echo(f"error: {shown(message)}", err=True)
     sys.exit(code)
 
 
@@ -69,7 +77,9 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 def cli(ctx: click.Context, ledger_url: str, log_level: str) -> None:
     """An event-sourced recovery ledger for restartable jobs."""
     configure_logging(log_level)
+    redact_uncaught()
     faults.check()
+    check_master_key()
     ctx.obj = {"location": parse_ledger_url(ledger_url)}
 
 
@@ -85,11 +95,14 @@ for _command in (
     status,
     history,
     explain_cmd,
+    report_cmd,
     quarantine,
     effects,
     project,
     serve,
+    policy,
     verify_cmd,
+    archive,
 ):
     cli.add_command(_command)
 
@@ -97,6 +110,7 @@ for _command in (
 quarantine.add_command(show_cmd)
 quarantine.add_command(discard_cmd)
 quarantine.add_command(promote_cmd)
+quarantine.add_command(sweep_keys_cmd)
 
 
 def main() -> None:

@@ -9,10 +9,10 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ledger.cli_support import console, location_of, print_json
+from ledger.cli_support import console, location_of, print_json, read_shown
 from ledger.config import LedgerLocation
 from ledger.errors import LedgerNotCreated
-from projections.access import open_read_database, read
+from projections.access import open_read_database
 from projections.database import ReadDatabase
 from projections.documents import (
     explain_document,
@@ -60,7 +60,7 @@ def status(
     if as_of is not None:
         _status_as_of(ctx, job, as_of, as_json)
         return
-    runs = read(location_of(ctx), lambda db: list_runs(db, job))
+    runs = read_shown(location_of(ctx), lambda db: list_runs(db, job))
     if as_json:
         print_json(status_document(runs))
         return
@@ -95,12 +95,11 @@ def status(
 def _status_as_of(
     ctx: click.Context, job: str | None, as_of: str, as_json: bool
 ) -> None:
-    from ledger.as_of import status_as_of
-    from ledger.times import parse_moment
+    from ledger.as_of import parse_as_of, status_as_of
 
     if job is None:
         raise click.UsageError("--as-of needs a JOB: `ledger status JOB --as-of TIME`")
-    moment = parse_moment(as_of, label="--as-of")
+    moment = parse_as_of(as_of)
     runs = status_as_of(location_of(ctx), job, moment)
     if as_json:
         print_json([run.as_dict() for run in runs])
@@ -138,7 +137,7 @@ def _status_as_of(
 def history(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     """The attempt history of one run."""
 
-    run, attempts = read(
+    run, attempts = read_shown(
         location_of(ctx), lambda db: read_run_and_attempts(db, run_ref)
     )
     if as_json:
@@ -227,7 +226,7 @@ def _resumed(resume: dict[str, Any] | None, *, consumer: bool = False) -> str:
 def explain_cmd(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     """One sentence: what failed, where it resumes, and the command to run."""
 
-    run, attempts = read(
+    run, attempts = read_shown(
         location_of(ctx), lambda db: read_run_and_attempts(db, run_ref)
     )
     if as_json:
@@ -277,7 +276,7 @@ def quarantine_list(
     """Quarantined records, oldest first, with their reasons and states."""
     only = None if state == "all" else state
 
-    total, records = read(
+    total, records = read_shown(
         location_of(ctx), lambda db: read_quarantine(db, job, limit, run_ref, only)
     )
     if as_json:

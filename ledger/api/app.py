@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ledger.api.audit import router as audit_router
 from ledger.api.auth import Tokens
 from ledger.api.controls import CONTROLS, Control, control_router
 from ledger.api.errors import install_error_handlers
@@ -76,6 +77,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(_RequestLog)
     app.include_router(reads_router)
+    app.include_router(audit_router)
     app.include_router(control_router(controls))
 
     @app.get(

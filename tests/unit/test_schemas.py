@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import orjson
 import pytest
@@ -32,17 +32,22 @@ from eventsourcing.utils import get_topic
 from jsonschema import Draft202012Validator, FormatChecker
 
 from ledger import Checkpoint, Job, JobFailed, Record, RunContext, Step
+from ledger import archiving as archiving_module
 from ledger import controls as controls_module
 from ledger import effect as effect_module
 from ledger import input_runs as input_runs_module
 from ledger import messages as messages_module
+from ledger import policy as policy_module
 from ledger import quarantine as quarantine_module
 from ledger import run as run_module
+from ledger.archiving import Archiving
 from ledger.config import parse_ledger_url
 from ledger.controls import abandon, lift_pause, pause
 from ledger.loader import load_job
+from ledger.policy import set_policy
 from ledger.promotion import FilePromotion
 from ledger.quarantine import discard, promote
+from ledger.redaction import Redaction
 from ledger.run import Run
 from ledger.runtime import describe_input, resolve_params, run_job
 from ledger.store import Ledger, opened
@@ -207,6 +212,52 @@ def run_every_outcome(ledger: Ledger, source_path: Path, folder: Path) -> None:
     ledger.save(held)
 
 
+def record_archiving(ledger: Ledger, tmp_path: Path) -> None:
+    """An archive of a run and its load back, as `ledger archive` records
+    them (the files themselves are tested in test_archive)."""
+    summary = {
+        "run_id": str(uuid4()),
+        "job": "flights",
+        "file": "run.jsonl.gz",
+        "sha256": "ab" * 32,
+        "events": 12,
+        "heads": {str(uuid4()): "cd" * 32},
+    }
+    for kind in (Archiving.RunsArchived, Archiving.RunsLoaded):
+        ledger.save(
+            Archiving._create(
+                kind,
+                id=uuid4(),
+                folder=str(tmp_path / "archive"),
+                runs=[summary],
+                by="auditor@example",
+                reason="review of incident 7",
+            )
+        )
+
+
+def record_policy(ledger: Ledger) -> None:
+    """The ledger-wide policy set twice, as `ledger policy set` sets it."""
+    set_policy(
+        ledger,
+        redaction=Redaction(fields={"ssn"}, paths=["card.number"]),
+        retention_days=120,
+        by="ops@example",
+        reason="adopt a policy",
+    )
+    set_policy(
+        ledger,
+        redaction=Redaction(
+            fields={"ssn"},
+            patterns={"iban": r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}"},
+            builtins=["email", "card"],
+        ),
+        retention_days=90,
+        by="ops@example",
+        reason="ibans too",
+    )
+
+
 def stored_events(ledger: Ledger) -> list[tuple[str, dict[str, Any]]]:
     return [
         (notification.topic, orjson.loads(notification.state))
@@ -224,6 +275,8 @@ def events(
         run_every_outcome(ledger, small_flights, tmp_path)
         make_every_effect(ledger, tmp_path)
         record_consumer_runs(ledger)
+        record_policy(ledger)
+        record_archiving(ledger, tmp_path)
         return stored_events(ledger)
 
 
@@ -246,8 +299,10 @@ def current_schemas() -> dict[str, dict[str, Any]]:
 # ledger.messages, whose events a Run triggers) at module level.
 EVENT_MODULES = (
     run_module,
+    archiving_module,
     input_runs_module,
     messages_module,
+    policy_module,
     controls_module,
     quarantine_module,
     effect_module,
@@ -506,4 +561,33 @@ def test_broken_effect_events_do_not_validate(
         state[field] = value
         if validator.is_valid(state):
             accepted.append((name, field, value))
+    assert accepted == []
+
+
+# In the last stored PolicySet: a field, and a value its schema must refuse.
+POLICY_BREAKAGES = [
+    ("retention_days", 29),
+    ("retention_days", 731),
+    ("builtins", ["email", "phone"]),
+    ("fields", ["SSN"]),
+    ("paths", ["card..number"]),
+    ("patterns", [{"name": "Iban", "regex": "x"}]),
+    ("reason", ""),
+]
+
+
+def test_broken_policy_events_do_not_validate(
+    events: list[tuple[str, dict[str, Any]]],
+) -> None:
+    topic = "ledger.policy:LedgerPolicy.PolicySet"
+    validator = validator_for(current_schemas()[topic])
+    real = [state for seen, state in events if seen == topic][-1]
+    assert validator.is_valid(real)
+
+    accepted = []
+    for field, value in POLICY_BREAKAGES:
+        state = copy.deepcopy(real)
+        state[field] = value
+        if validator.is_valid(state):
+            accepted.append((field, value))
     assert accepted == []
