@@ -5,10 +5,11 @@ or so, for 90 days: three steps (`fetch`, `transform`, `load`) of the
 same 150-210 batches of 500 records (the load reads what the transform
 wrote), a few records quarantined per run, one side effect at the end
 (`publish-manifest`, whose first call sometimes fails and is repeated).
-Some runs fail and are resumed half an hour later, some after an operator paused them and lifted the pause; some
-lose their worker (the next attempt records the crash, or an operator
-abandons the attempt first); some are rerun from `load` hours after they
-completed; some quarantined records are discarded or promoted days later.
+Some runs fail and are resumed half an hour later, some after an
+operator paused them and lifted the pause; some lose their worker (the
+next attempt records the crash, or an operator abandons the attempt
+first); some are rerun from `load` hours after they completed; some
+quarantined records are discarded or promoted days later.
 
 Every event is triggered on the product's own aggregates (`Run`,
 `InputRuns`, `Effect`) through the product's own functions (`pause`,
