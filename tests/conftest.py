@@ -15,6 +15,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -155,6 +156,34 @@ def ledger_command(
         timeout=timeout,
         check=False,
     )
+
+
+# The `ledger` command with its clock set to argv[1] (ticking from there).
+_IN_THE_PAST = (
+    "import sys, datetime, time_machine\n"
+    "time_machine.travel(datetime.datetime.fromisoformat(sys.argv[1]), "
+    "tick=True).start()\n"
+    "sys.argv = ['ledger', *sys.argv[2:]]\n"
+    "from ledger.cli import main\n"
+    "main()\n"
+)
+
+
+def ledger_in_the_past(days_ago: int, args: list[str], url: str, cwd: Path) -> str:
+    """Runs `ledger ARGS` as if `days_ago` days ago, so that what it records
+    really carries that time (its hash chains intact); returns its stdout."""
+    moment = datetime.now(UTC) - timedelta(days=days_ago)
+    done = subprocess.run(
+        [sys.executable, "-c", _IN_THE_PAST, moment.isoformat(), *args],
+        cwd=cwd,
+        env={**os.environ, "LEDGER_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return done.stdout
 
 
 def write_numbers(path: Path, count: int, bad: tuple[int, ...] = ()) -> Path:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
-import subprocess
-import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import orjson
-from conftest import NUMBERS_JOB, ledger_command, write_numbers
+from conftest import (
+    NUMBERS_JOB,
+    ledger_command,
+    ledger_in_the_past,
+    write_numbers,
+)
 from eventsourcing.persistence import StoredEvent
 
 from ledger.archiving import archive_runs
@@ -29,34 +31,10 @@ from ledger.store import opened
 from projections.access import read
 from projections.tables import forget_run
 
-_IN_THE_PAST = (
-    "import sys, datetime, time_machine\n"
-    "time_machine.travel(datetime.datetime.fromisoformat(sys.argv[1]), "
-    "tick=True).start()\n"
-    "sys.argv = ['ledger', *sys.argv[2:]]\n"
-    "from ledger.cli import main\n"
-    "main()\n"
-)
-
-
-def _ledger_at(days_ago: int, args: list[str], url: str, cwd: Path) -> str:
-    moment = datetime.now(UTC) - timedelta(days=days_ago)
-    done = subprocess.run(
-        [sys.executable, "-c", _IN_THE_PAST, moment.isoformat(), *args],
-        cwd=cwd,
-        env={**os.environ, "LEDGER_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode in (0, 1), done.stderr
-    return done.stdout
-
 
 def _old_run(tmp_path: Path, url: str, name: str = "old") -> str:
     numbers = write_numbers(tmp_path / f"{name}.txt", 60)
-    _ledger_at(
+    ledger_in_the_past(
         200,
         ["run", str(NUMBERS_JOB), "--input", str(numbers), "--batch-size", "20",
          "--no-progress", "--param", f"output={tmp_path / name}.sqlite"],

@@ -11,45 +11,20 @@ live ledger; the others stay, each with the reason said.
 from __future__ import annotations
 
 import gzip
-import os
-import subprocess
-import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-from conftest import NUMBERS_JOB, ledger_command, write_numbers
+from conftest import (
+    NUMBERS_JOB,
+    ledger_command,
+    ledger_in_the_past,
+    write_numbers,
+)
 from ledger_support import run_statuses
 
 from ledger.config import parse_ledger_url
 from ledger.store import opened
-
-# The `ledger` command with its clock set to argv[1] (ticking from there).
-_IN_THE_PAST = (
-    "import sys, datetime, time_machine\n"
-    "time_machine.travel(datetime.datetime.fromisoformat(sys.argv[1]), "
-    "tick=True).start()\n"
-    "sys.argv = ['ledger', *sys.argv[2:]]\n"
-    "from ledger.cli import main\n"
-    "main()\n"
-)
-
-
-def _ledger_at(days_ago: int, args: list[str], url: str, cwd: Path) -> str:
-    """Runs `ledger ARGS` as if `days_ago` days ago; returns its stdout."""
-    moment = datetime.now(UTC) - timedelta(days=days_ago)
-    done = subprocess.run(
-        [sys.executable, "-c", _IN_THE_PAST, moment.isoformat(), *args],
-        cwd=cwd,
-        env={**os.environ, "LEDGER_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode in (0, 1), done.stderr
-    return done.stdout
 
 
 def _job(tmp_path: Path, name: str, *, bad: tuple[int, ...] = ()) -> list[str]:
@@ -80,16 +55,16 @@ def _make_runs(tmp_path: Path, url: str) -> dict[str, str]:
     """Five runs of the numbers job, by input name: old and done, old and
     failed, old with a record still in quarantine, old with its quarantine
     decided, and two months old."""
-    _ledger_at(200, _job(tmp_path, "old_done"), url, tmp_path)
-    _ledger_at(
+    ledger_in_the_past(200, _job(tmp_path, "old_done"), url, tmp_path)
+    ledger_in_the_past(
         200,
         [*_job(tmp_path, "old_failed"), "--param", f"fail_marker={tmp_path}",
          "--param", "fail_batch=2"],
         url, tmp_path,
     )  # fmt: skip
-    _ledger_at(200, _job(tmp_path, "old_pending", bad=(5,)), url, tmp_path)
-    _ledger_at(200, _job(tmp_path, "old_decided", bad=(9,)), url, tmp_path)
-    _ledger_at(60, _job(tmp_path, "recent"), url, tmp_path)
+    ledger_in_the_past(200, _job(tmp_path, "old_pending", bad=(5,)), url, tmp_path)
+    ledger_in_the_past(200, _job(tmp_path, "old_decided", bad=(9,)), url, tmp_path)
+    ledger_in_the_past(60, _job(tmp_path, "recent"), url, tmp_path)
 
     runs = _runs(url, tmp_path)
     ids = {name.removesuffix(".txt"): run["run_id"] for name, run in runs.items()}
@@ -280,7 +255,7 @@ def test_archive_verify_and_load_back(tmp_path: Path, ledger_url: str) -> None:
 
 
 def test_bad_archive_input(tmp_path: Path, ledger_url: str) -> None:
-    _ledger_at(200, _job(tmp_path, "old_done"), ledger_url, tmp_path)
+    ledger_in_the_past(200, _job(tmp_path, "old_done"), ledger_url, tmp_path)
     before = _stored(ledger_url)
     empty = tmp_path / "empty"
     empty.mkdir()
