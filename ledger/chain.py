@@ -44,7 +44,6 @@ __all__ = [
     "StreamState",
     "chain_events",
     "chained",
-    "check_events",
     "event_hash",
     "read_link",
 ]
@@ -237,16 +236,6 @@ def _problem(stream: StreamState, version: int, link: Link) -> str | None:
             else "it claims a predecessor, but it is the first event"
         )
     return None
-
-
-def check_events(
-    rows: Iterable[tuple[StreamId, int, str, bytes, int | None]],
-) -> ChainCheck:
-    """Checks stored events given as (stream, version, topic, state, id)."""
-    check = ChainCheck()
-    for originator_id, version, topic, state, notification_id in rows:
-        check.add(originator_id, version, topic, state, notification_id)
-    return check
 
 
 class Heads:

@@ -204,9 +204,9 @@ def verify_archive_cmd(folder: Path, as_json: bool) -> None:
     """Re-check every file of an archive folder against its manifest: its
     sha256, its events, and each stream's hash chain and head. Exits 1 at
     the first file that does not match."""
-    from ledger.archive import ArchiveDamaged, check_archive, read_manifest
+    from ledger.archive import ArchiveDamaged, check_archive
 
-    entries = _entries(folder, read_manifest)
+    entries = _entries(folder)
     problems = []
     for entry in entries:
         try:
@@ -276,9 +276,7 @@ def load_archive_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def list_archive_cmd(folder: Path, as_json: bool) -> None:
     """The runs an archive folder holds, from its manifest."""
-    from ledger.archive import read_manifest
-
-    entries = _entries(folder, read_manifest)
+    entries = _entries(folder)
     if as_json:
         print_json([entry.as_dict() for entry in entries])
         return
@@ -289,10 +287,11 @@ def list_archive_cmd(folder: Path, as_json: bool) -> None:
         )
 
 
-def _entries(folder: Path, read_manifest: Any) -> list[ArchivedRun]:
+def _entries(folder: Path) -> list[ArchivedRun]:
+    from ledger.archive import read_manifest
     from ledger.archiving import ArchiveRefused
 
-    entries: list[ArchivedRun] = read_manifest(folder)
+    entries = read_manifest(folder)
     if not entries:
         raise ArchiveRefused(
             f"{folder} holds no archive manifest; give the folder "
